@@ -1,0 +1,40 @@
+"""aelab: a lab for image autoencoders.
+
+Train dense and convolutional autoencoders with any output activation and reconstruction
+loss, compare them on equal footing, and see why a model gives a blob.
+"""
+
+from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from aelab.data import DATASETS, ImageData, load_dataset
+from aelab.errors import AelabError, ConfigError, DataError, RunFolderError
+from aelab.losses import LOSS_FLOORS, LOSSES
+from aelab.models import INITS, MODELS, build_model
+from aelab.runs import Run, load_run
+from aelab.train import OPTIMIZERS, TrainResult, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATASETS",
+    "INITS",
+    "LOSSES",
+    "LOSS_FLOORS",
+    "MODELS",
+    "OPTIMIZERS",
+    "AelabError",
+    "ConfigError",
+    "DataConfig",
+    "DataError",
+    "ImageData",
+    "ModelConfig",
+    "Run",
+    "RunConfig",
+    "RunFolderError",
+    "TrainConfig",
+    "TrainResult",
+    "__version__",
+    "build_model",
+    "load_dataset",
+    "load_run",
+    "train",
+]

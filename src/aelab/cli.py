@@ -1,0 +1,171 @@
+"""The `aelab` command line: a thin layer that builds configs and calls the Python API.
+
+User mistakes print one line, `aelab: error: ...`, and exit 2; tracebacks are for our bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aelab.errors import AelabError, ConfigError
+
+EXIT_USER_ERROR = 2
+
+# (flag, section, key, type, help) for every option of a RunConfig.
+RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
+    ("--dataset", "data", "name", str, "dataset name (see `aelab datasets`); default mnist-10k"),
+    ("--data-path", "data", "path", str, "your own images: a .npy/.npz file or a folder of PNG/JPEG files"),
+    ("--data-dir", "data", "data_dir", str, "a folder already holding a dataset's standard files"),
+    ("--binarize", "data", "binarize", str, "none, threshold or bernoulli (fresh draw each epoch)"),
+    ("--threshold", "data", "threshold", float, "threshold for --binarize threshold"),
+    ("--val-fraction", "data", "val_fraction", float, "share of your own images held out for validation"),
+    ("--train-limit", "data", "train_limit", int, "use only the first N training images"),
+    ("--val-limit", "data", "val_limit", int, "use only the first N validation images"),
+    ("--model", "model", "kind", str, "dense or conv"),
+    ("--hidden", "model", "hidden_dims", "dims", "hidden sizes (dense) or channels (conv), e.g. 100 or 128,64"),
+    ("--latent", "model", "latent_dim", int, "code size"),
+    (
+        "--activation",
+        "model",
+        "activation",
+        str,
+        "hidden activation: sigmoid, relu, leaky_relu, elu, selu, gelu, tanh, linear",
+    ),
+    ("--code-activation", "model", "code_activation", str, "activation of the code layer (default: --activation)"),
+    ("--output-activation", "model", "output_activation", str, "output activation, softmax allowed"),
+    (
+        "--init",
+        "model",
+        "init",
+        str,
+        "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default",
+    ),
+    ("--loss", "train", "loss", str, "bce, mse, mae or cb"),
+    ("--optimizer", "train", "optimizer", str, "adam, sgd, rmsprop, adadelta or adagrad"),
+    ("--lr", "train", "learning_rate", float, "learning rate"),
+    ("--momentum", "train", "momentum", float, "momentum for sgd and rmsprop"),
+    ("--weight-decay", "train", "weight_decay", float, "L2 weight decay"),
+    ("--batch-size", "train", "batch_size", int, "batch size"),
+    ("--epochs", "train", "epochs", int, "number of epochs"),
+    ("--seed", "train", "seed", int, "random seed (init, data order, binarisation)"),
+    ("--patience", "train", "patience", int, "stop after N epochs without a better validation loss"),
+    ("--device", "train", "device", str, "auto, cpu or cuda"),
+    ("--threads", "train", "threads", int, "CPU threads for torch (default: aelab picks)"),
+]
+
+
+def parse_dims(text: str) -> list[int]:
+    """'100,50' -> [100, 50]; '' or 'none' -> []."""
+    text = text.strip()
+    if text.lower() in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--hidden takes comma-separated integers like 100 or 128,64, got {text!r}") from None
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="a YAML file with data/model/train sections; flags override it"
+    )
+    for flag, _, key, kind, text in RUN_OPTIONS:
+        parser.add_argument(flag, dest=f"opt_{key}", type=str if kind == "dims" else kind, default=None, help=text)
+    parser.add_argument("--raw-pixels", action="store_true", help="keep 0..255 values (the forgot-to-divide mistake)")
+    parser.add_argument("--tied", action="store_true", default=None, help="dense decoder reuses encoder weights")
+
+
+def run_config_from_args(args: argparse.Namespace) -> Any:
+    """The RunConfig a command line describes: the --config file, then each flag given."""
+    from aelab.config import RunConfig
+    from aelab.runs import read_config_file
+
+    raw: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    for section in ("data", "model", "train"):
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        raw[section] = dict(value)
+    for _, section, key, kind, _ in RUN_OPTIONS:
+        value = getattr(args, f"opt_{key}")
+        if value is not None:
+            raw[section][key] = parse_dims(value) if kind == "dims" else value
+    if args.raw_pixels:
+        raw["data"]["scale"] = "none"
+    if args.tied:
+        raw["model"]["tied"] = True
+    if raw["data"].get("path") and "name" not in raw["data"]:
+        raw["data"]["name"] = "folder" if Path(raw["data"]["path"]).is_dir() else "array"
+    return RunConfig.from_dict(raw)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from aelab.train import train
+
+    config = run_config_from_args(args)
+    out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
+    result = train(config, out, progress=not args.quiet, overwrite=args.overwrite)
+    last = result.history[-1]
+    print(
+        f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}, "
+        f"val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f} (excess {last['val_bce_excess']:.4f})"
+    )
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def command_datasets(args: argparse.Namespace) -> int:
+    from aelab.data import DATASETS
+
+    rows = [
+        (spec.name, "x".join(map(str, spec.shape)) if spec.shape else "any", spec.description, spec.source)
+        for spec in DATASETS.values()
+    ]
+    widths = [max(len(row[i]) for row in [("name", "shape", "", ""), *rows]) for i in range(2)]
+    print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  description (source)")
+    for name, shape, description, source in rows:
+        print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {description} ({source})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aelab", description="A lab for image autoencoders: train, compare losses, diagnose blobs."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train_parser = commands.add_parser("train", help="train one autoencoder into a run folder")
+    add_run_options(train_parser)
+    train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
+    train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_parser.set_defaults(handler=command_train)
+
+    datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
+    datasets_parser.set_defaults(handler=command_datasets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.handler(args)
+    except AelabError as error:
+        print(f"aelab: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("aelab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

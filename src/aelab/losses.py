@@ -1,0 +1,184 @@
+"""Reconstruction losses: pure functions returning one value per sample.
+
+Every loss has the signature `loss(output, target, from_logits) -> (B,)` and reports the
+mean over pixels (the Keras convention), so BCE and MSE figures compare with the Keras
+tutorial and with each other across a sweep. The caller reduces over the batch.
+
+`output` is the decoder's logits when `from_logits` is true (sigmoid output activation: the
+loss works in log space), else the model's pixels after its output activation. In the second
+case BCE clips the pixels to [1e-7, 1 - 1e-7] exactly as Keras does, which is what a
+`sigmoid`-less model trained in Keras or with `nn.BCELoss` computes; we keep that
+probability-space path only so users can reproduce other people's numbers.
+
+Each loss also has a floor (`LOSS_FLOORS`): its lowest value given the targets alone, per
+sample. BCE's floor is the mean binary entropy of the targets, which is why BCE on grey MNIST
+pixels never reaches zero; the excess over the floor is what to watch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+EPSILON = 1e-7  # Keras's backend epsilon, used for clipping probabilities.
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+
+def _check_shapes(output: torch.Tensor, target: torch.Tensor) -> None:
+    if output.shape != target.shape:
+        raise ValueError(f"output shape {tuple(output.shape)} does not match target shape {tuple(target.shape)}")
+
+
+def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+    # (B, ...) -> (B,): the one place losses reduce, always the mean over pixels.
+    return values.flatten(1).mean(dim=1)
+
+
+def _probs(output: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    return torch.sigmoid(output) if from_logits else output
+
+
+def _clipped_logits(output: torch.Tensor) -> torch.Tensor:
+    probs = output.clamp(EPSILON, 1.0 - EPSILON)
+    return torch.log(probs) - torch.log1p(-probs)
+
+
+def bce(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+    """Binary cross-entropy per sample, mean over pixels, in nats. Shape (B,)."""
+    _check_shapes(output, target)
+    if from_logits:
+        return _per_sample_mean(F.binary_cross_entropy_with_logits(output, target, reduction="none"))
+    probs = output.clamp(EPSILON, 1.0 - EPSILON)
+    return _per_sample_mean(-(target * torch.log(probs) + (1.0 - target) * torch.log1p(-probs)))
+
+
+def mse(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+    """Mean squared error per sample, over pixels. Shape (B,)."""
+    _check_shapes(output, target)
+    return _per_sample_mean((_probs(output, from_logits) - target).square())
+
+
+def mae(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+    """Mean absolute error per sample, over pixels. Shape (B,)."""
+    _check_shapes(output, target)
+    return _per_sample_mean((_probs(output, from_logits) - target).abs())
+
+
+# --- Continuous Bernoulli (Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a
+# pervasive error in variational autoencoders", NeurIPS 2019). For lambda = sigmoid(l):
+#   p(x | lambda) = C(lambda) lambda^x (1 - lambda)^(1 - x),  C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda)
+# With u = l / 2 we have 1 - 2 lambda = -tanh(u) and artanh(1 - 2 lambda) = -u, so
+#   C = 2u / tanh(u),   log C = log 2 + log(u / tanh(u)),
+# which is smooth in l and needs a series only near u = 0 (lambda = 0.5):
+#   log(u / tanh u) = u^2/3 - 7 u^4/90 + O(u^6).
+# The mean of the distribution is  E[x] = lambda / (2 lambda - 1) + 1 / (2 artanh(1 - 2 lambda))
+#   = 1/2 + (1 / tanh(u) - 1 / u) / 2,   with 1/tanh(u) - 1/u = u/3 - u^3/45 + O(u^5).
+_SERIES_BELOW = 1e-2  # |u| under which the series are exact to float64 precision
+
+
+def cb_log_normalizer(logits: torch.Tensor) -> torch.Tensor:
+    """log C(lambda) of the continuous Bernoulli, elementwise, from logits l = logit(lambda)."""
+    u = logits / 2
+    small = u.abs() < _SERIES_BELOW
+    u_safe = torch.where(small, torch.ones_like(u), u)  # keeps the unused branch's gradient finite
+    exact = torch.log(u_safe.abs()) - torch.log(torch.tanh(u_safe).abs())
+    u2 = u * u
+    series = u2 / 3 - 7 * u2 * u2 / 90
+    return math.log(2.0) + torch.where(small, series, exact)
+
+
+def cb_mean(logits: torch.Tensor) -> torch.Tensor:
+    """The continuous Bernoulli's mean E[x], elementwise, from logits. This, not lambda, is the
+    model's pixel value for a cb-trained model (the CB paper's point)."""
+    u = logits / 2
+    small = u.abs() < _SERIES_BELOW
+    u_safe = torch.where(small, torch.ones_like(u), u)
+    exact = 1 / torch.tanh(u_safe) - 1 / u_safe
+    series = u / 3 - u * u * u / 45
+    return 0.5 + torch.where(small, series, exact) / 2
+
+
+def cb(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+    """Continuous Bernoulli negative log-likelihood per sample, mean over pixels. Shape (B,).
+
+    It is BCE minus the log-normaliser; it can be negative (a density, not a probability)."""
+    _check_shapes(output, target)
+    logits = output if from_logits else _clipped_logits(output)
+    nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none") - cb_log_normalizer(logits)
+    return _per_sample_mean(nll)
+
+
+LOSSES: dict[str, LossFn] = {"bce": bce, "mse": mse, "mae": mae, "cb": cb}
+
+
+def get_loss(name: str) -> LossFn:
+    from aelab.errors import ConfigError
+
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
+    return LOSSES[name]
+
+
+# --- Floors: each loss's minimum over predictions, given the targets. Shape (B,).
+
+
+def binary_entropy(target: torch.Tensor) -> torch.Tensor:
+    """H(t) = -t log t - (1 - t) log(1 - t) in nats, elementwise; -inf outside [0, 1], where
+    BCE has no lower bound (targets left in 0..255)."""
+    entropy = -(torch.special.xlogy(target, target) + torch.special.xlogy(1 - target, 1 - target))
+    inside = (target >= 0) & (target <= 1)
+    return torch.where(inside, entropy, torch.full_like(target, -math.inf))
+
+
+def bce_floor(target: torch.Tensor) -> torch.Tensor:
+    """Lowest BCE any prediction reaches on these targets: their mean binary entropy. It sits
+    at prediction = target."""
+    return _per_sample_mean(binary_entropy(target))
+
+
+def _zero_floor(target: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(target.shape[0], dtype=target.dtype, device=target.device)
+
+
+def cb_floor(target: torch.Tensor) -> torch.Tensor:
+    """Lowest cb NLL on these targets. The density grows without bound as lambda -> 0 or 1, so
+    any pixel exactly 0 or 1 makes the floor -inf; otherwise it sits where E[x] = target."""
+    inside = (target > 0) & (target < 1)
+    logits = cb_logits_for_mean(target.clamp(1e-6, 1 - 1e-6))
+    nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none") - cb_log_normalizer(logits)
+    nll = torch.where(inside, nll, torch.full_like(nll, -math.inf))
+    return _per_sample_mean(nll)
+
+
+def cb_logits_for_mean(mean: torch.Tensor, iterations: int = 80) -> torch.Tensor:
+    """The logits whose continuous Bernoulli mean is `mean` (in (0, 1)), by bisection: E[x] is
+    increasing in the logit."""
+    low = torch.full_like(mean, -1e4, dtype=torch.float64)
+    high = torch.full_like(mean, 1e4, dtype=torch.float64)
+    goal = mean.double()
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        above = cb_mean(middle) > goal
+        high = torch.where(above, middle, high)
+        low = torch.where(above, low, middle)
+    return ((low + high) / 2).to(mean.dtype)
+
+
+LOSS_FLOORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "bce": bce_floor,
+    "mse": _zero_floor,
+    "mae": _zero_floor,
+    "cb": cb_floor,
+}
+
+
+def expected_pixels(loss: str, output: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """The pixels a model trained with `loss` predicts: the output activation's values, except
+    for cb, whose pixels are the distribution's mean rather than its parameter lambda."""
+    if loss == "cb":
+        return cb_mean(output if from_logits else _clipped_logits(output))
+    return _probs(output, from_logits)

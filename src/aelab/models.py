@@ -1,0 +1,190 @@
+"""Autoencoder architectures. Decoders return logits; `pixels()` applies the output activation.
+
+Both models take images (B, C, H, W) as floats and return logits of the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from itertools import pairwise
+
+import torch
+from torch import nn
+
+from aelab.activations import get_activation
+from aelab.config import ModelConfig
+from aelab.errors import ConfigError
+
+
+class Autoencoder(nn.Module):
+    """What every aelab model offers: encode -> codes, decode -> logits, pixels(logits)."""
+
+    config: ModelConfig
+    image_shape: tuple[int, int, int]
+
+    def _setup_activations(self, config: ModelConfig) -> None:
+        self.config = config
+        self.hidden_activation = get_activation(config.activation)
+        self.code_activation = get_activation(config.code_activation or config.activation)
+        self.output_activation = get_activation(config.output_activation, output=True)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    def pixels(self, logits: torch.Tensor) -> torch.Tensor:
+        """The output activation applied to logits: what the model shows as an image."""
+        return self.output_activation(logits)
+
+    def loss_input(self, logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(output, from_logits) for `aelab.losses`: logits when the output is a sigmoid, so
+        likelihood losses stay in log space; the pixels otherwise."""
+        if self.config.output_activation == "sigmoid":
+            return logits, True
+        return self.pixels(logits), False
+
+
+class DenseAutoencoder(Autoencoder):
+    """Fully connected: D -> hidden_dims... -> latent_dim -> reversed(hidden_dims)... -> D."""
+
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self._setup_activations(config)
+        self.image_shape = image_shape
+        dims = [math.prod(image_shape), *config.hidden_dims, config.latent_dim]
+        self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(dims))
+        decoder_dims = dims[::-1]
+        if config.tied:
+            # The decoder reuses each encoder weight transposed; only its biases are its own.
+            self.decoder_biases = nn.ParameterList(nn.Parameter(torch.zeros(d)) for d in decoder_dims[1:])
+        else:
+            self.decoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(decoder_dims))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = images.flatten(1)  # (B, D)
+        last = len(self.encoder) - 1
+        for index, layer in enumerate(self.encoder):
+            activation = self.code_activation if index == last else self.hidden_activation
+            hidden = activation(layer(hidden))
+        return hidden  # (B, latent_dim)
+
+    def decoder_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(weight (out, in), bias (out,)) of each decoder layer, in order."""
+        if self.config.tied:
+            weights = [layer.weight.t() for layer in reversed(self.encoder)]
+            return list(zip(weights, self.decoder_biases, strict=True))
+        return [(layer.weight, layer.bias) for layer in self.decoder]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden = codes
+        layers = self.decoder_weights()
+        for index, (weight, bias) in enumerate(layers):
+            hidden = nn.functional.linear(hidden, weight, bias)
+            if index < len(layers) - 1:
+                hidden = self.hidden_activation(hidden)
+        return hidden.view(codes.shape[0], *self.image_shape)  # logits (B, C, H, W)
+
+
+def _conv_sizes(size: int, steps: int) -> list[int]:
+    """Spatial size after each stride-2, kernel-3, padding-1 convolution."""
+    sizes = [size]
+    for _ in range(steps):
+        sizes.append((sizes[-1] - 1) // 2 + 1)
+    return sizes
+
+
+class ConvAutoencoder(Autoencoder):
+    """Stride-2 convolutions (one per entry of hidden_dims, as channel counts), a linear code,
+    and transposed convolutions back to exactly the input's size."""
+
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self._setup_activations(config)
+        if config.tied:
+            raise ConfigError("model.tied applies to dense models only; drop --tied or use --model dense")
+        self.image_shape = image_shape
+        channels, height, width = image_shape
+        steps = len(config.hidden_dims)
+        heights, widths = _conv_sizes(height, steps), _conv_sizes(width, steps)
+        chans = [channels, *config.hidden_dims]
+        self.encoder = nn.ModuleList(nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1) for a, b in pairwise(chans))
+        self.bottom_shape = (chans[-1], heights[-1], widths[-1])
+        self.to_code = nn.Linear(math.prod(self.bottom_shape), config.latent_dim)
+        self.from_code = nn.Linear(config.latent_dim, math.prod(self.bottom_shape))
+        self.decoder = nn.ModuleList()
+        for index in range(steps, 0, -1):
+            # Output size of a stride-2 transposed conv is 2 * in - 1 + output_padding.
+            padding = (heights[index - 1] - (2 * heights[index] - 1), widths[index - 1] - (2 * widths[index] - 1))
+            self.decoder.append(
+                nn.ConvTranspose2d(
+                    chans[index], chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
+                )
+            )
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = images  # (B, C, H, W)
+        for layer in self.encoder:
+            hidden = self.hidden_activation(layer(hidden))
+        return self.code_activation(self.to_code(hidden.flatten(1)))  # (B, latent_dim)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden = self.hidden_activation(self.from_code(codes)).view(codes.shape[0], *self.bottom_shape)
+        last = len(self.decoder) - 1
+        for index, layer in enumerate(self.decoder):
+            hidden = layer(hidden)
+            if index < last:
+                hidden = self.hidden_activation(hidden)
+        return hidden  # logits (B, C, H, W)
+
+
+MODELS: dict[str, Callable[[ModelConfig, tuple[int, int, int]], Autoencoder]] = {
+    "dense": DenseAutoencoder,
+    "conv": ConvAutoencoder,
+}
+
+
+def _glorot(uniform: bool) -> Callable[[torch.Tensor], None]:
+    return (lambda w: nn.init.xavier_uniform_(w)) if uniform else (lambda w: nn.init.xavier_normal_(w))
+
+
+def _he(uniform: bool) -> Callable[[torch.Tensor], None]:
+    init = nn.init.kaiming_uniform_ if uniform else nn.init.kaiming_normal_
+    return lambda w: init(w, nonlinearity="relu")
+
+
+# Weight initialisers by name; biases start at zero (Keras's default) except for
+# torch_default, which keeps PyTorch's own uniform(+-1/sqrt(fan_in)) weights and biases.
+INITS: dict[str, Callable[[torch.Tensor], None] | None] = {
+    "glorot_uniform": _glorot(uniform=True),
+    "glorot_normal": _glorot(uniform=False),
+    "he_uniform": _he(uniform=True),
+    "he_normal": _he(uniform=False),
+    "torch_default": None,
+}
+
+
+def build_model(config: ModelConfig, image_shape: tuple[int, int, int], seed: int = 0) -> Autoencoder:
+    """A freshly initialised model for images of `image_shape` (C, H, W).
+
+    The seed drives initialisation through a private RNG scope, so building a model leaves the
+    global torch RNG as it was."""
+    if config.kind not in MODELS:
+        raise ConfigError(f"unknown model {config.kind!r}; valid: {', '.join(MODELS)}")
+    if config.init not in INITS:
+        raise ConfigError(f"unknown init {config.init!r}; valid: {', '.join(INITS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MODELS[config.kind](config, image_shape)
+        init = INITS[config.init]
+        if init is not None:
+            for module in model.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                    init(module.weight)
+                    nn.init.zeros_(module.bias)
+    return model

@@ -1,0 +1,244 @@
+"""Run folders: what a training run writes, and how it is read back.
+
+A run folder describes itself:
+    config.yaml          the whole resolved RunConfig
+    metrics.jsonl        one JSON object per finished epoch
+    model.safetensors    the trained weights, with the config and image shape in its metadata
+    checkpoint.safetensors  weights, optimizer state, epoch and RNG states, to resume exactly
+    status.json          "running", "finished" or "diverged"; only "finished" is a finished run
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+kill at any instant leaves the old complete file or the new one, never a torn one. Nothing
+here unpickles: weights are safetensors, configs are safe YAML/JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from aelab.config import RunConfig
+from aelab.errors import AelabError, RunFolderError
+from aelab.models import Autoencoder, build_model
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATUS_FILE = "status.json"
+MODEL_FORMAT = "aelab-model-1"
+CHECKPOINT_FORMAT = "aelab-checkpoint-1"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# --- config
+
+
+def save_config(run_dir: Path, config: RunConfig) -> None:
+    atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON config file as a plain dict (safe loader: no objects are built)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise AelabError(f"cannot read config file {path}: {error.strerror}; check the path") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        first = str(error).splitlines()[0]
+        raise AelabError(f"config file {path} is not valid YAML ({first}); fix its syntax") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise AelabError(f"config file {path} must hold a mapping of sections (data, model, train)")
+    return raw
+
+
+def load_config(run_dir: Path) -> RunConfig:
+    return RunConfig.from_dict(read_config_file(run_dir / CONFIG_FILE))
+
+
+# --- metrics and status
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise RunFolderError(f"{path}: line {number} is not valid JSON; the file was edited or damaged") from None
+    return rows
+
+
+def write_status(run_dir: Path, state: str, **details: Any) -> None:
+    atomic_write_text(run_dir / STATUS_FILE, json.dumps({"state": state, "updated": now(), **details}, indent=2))
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
+        return {"state": "missing"}
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {"state": "damaged"}
+    return status if isinstance(status, dict) else {"state": "damaged"}
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    return read_status(Path(run_dir)).get("state") == "finished"
+
+
+# --- weights
+
+
+def _tensor_dict(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + name: value.detach().to("cpu").contiguous() for name, value in state.items()}
+
+
+def save_model(run_dir: Path, model: Autoencoder, config: RunConfig) -> None:
+    metadata = {
+        "format": MODEL_FORMAT,
+        "config": json.dumps(config.to_dict()),
+        "image_shape": json.dumps(list(model.image_shape)),
+    }
+    atomic_write_bytes(run_dir / MODEL_FILE, save_safetensors_bytes(_tensor_dict(model.state_dict()), metadata))
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; a damaged file is a RunFolderError."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing; the run did not get that far") from None
+    try:
+        tensors = load_safetensors_bytes(data)
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+    except (SafetensorError, ValueError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is not a valid safetensors file ({error}); the file is damaged") from None
+    return tensors, header.get("__metadata__", {}) or {}
+
+
+def load_weights(model: Autoencoder, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load `tensors` into `model`, refusing missing, extra or mis-shaped entries by name."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}"
+        raise RunFolderError(f"{source}: weights do not match the config's model ({what})")
+    for name, value in expected.items():
+        if tensors[name].shape != value.shape:
+            raise RunFolderError(
+                f"{source}: weight {name} has shape {tuple(tensors[name].shape)}, "
+                f"the config's model needs {tuple(value.shape)}"
+            )
+    model.load_state_dict(tensors)
+
+
+@dataclass
+class Run:
+    """A run folder read back: config, rebuilt model (eval mode, CPU), history and status."""
+
+    path: Path
+    config: RunConfig
+    model: Autoencoder
+    history: list[dict[str, Any]]
+    status: dict[str, Any]
+
+    @property
+    def finished(self) -> bool:
+        return self.status.get("state") == "finished"
+
+
+def load_run(path: str | Path) -> Run:
+    """Rebuild the trained model of a run folder from the folder alone."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+    tensors, metadata = read_safetensors(run_dir / MODEL_FILE)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise RunFolderError(f"{run_dir / MODEL_FILE} was not written by aelab (format {metadata.get('format')!r})")
+    try:
+        config = RunConfig.from_dict(json.loads(metadata["config"]))
+        image_shape = tuple(json.loads(metadata["image_shape"]))
+    except (KeyError, json.JSONDecodeError, TypeError):
+        raise RunFolderError(f"{run_dir / MODEL_FILE}: its metadata lacks a readable config") from None
+    if len(image_shape) != 3:
+        raise RunFolderError(f"{run_dir / MODEL_FILE}: image shape {list(image_shape)} is not (C, H, W)")
+    model = build_model(config.model, image_shape)  # type: ignore[arg-type]
+    load_weights(model, tensors, run_dir / MODEL_FILE)
+    model.eval()
+    return Run(run_dir, config, model, read_metrics(run_dir), read_status(run_dir))
+
+
+def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
+    """Create an empty run folder, refusing to reuse one that holds files."""
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            state = read_status(run_dir).get("state")
+            hint = "--resume it" if state in ("running", "diverged") else "choose another --out"
+            raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
+        for child in run_dir.iterdir():
+            if child.is_file():
+                child.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".aelab-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+        ) from None
+    return run_dir
