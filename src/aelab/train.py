@@ -159,15 +159,19 @@ class Trainer:
         )
         for start in range(0, count, train.batch_size):
             indices = order[start : start + train.batch_size]
-            images = self.batch(indices)
-            loss = loss_per_sample(self.model, train.loss, self.model(images), images).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            total += loss.detach() * indices.shape[0]
+            total += self.train_step(self.batch(indices)) * indices.shape[0]
             bar.update(indices.shape[0])
         bar.close()
         return float(total) / count  # one host synchronisation per epoch
+
+    def train_step(self, images: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch (B, C, H, W) that is both input and target; returns
+        the batch's mean loss as a 0-d tensor, without synchronising with the device."""
+        loss = loss_per_sample(self.model, self.config.train.loss, self.model(images), images).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,6 +284,19 @@ class Trainer:
         self.history = trainer["history"]
 
 
+class Callback:
+    """Hooks into a training run; override what you need. Raising an AelabError stops the run."""
+
+    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], run_dir: Path | None) -> None:
+        pass
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        pass
+
+
 def train(
     config: RunConfig,
     out: str | Path | None = None,
@@ -287,6 +304,7 @@ def train(
     data: ImageData | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    callbacks: Iterable[Callback] = (),
 ) -> TrainResult:
     """Train one autoencoder. With `out`, write a complete run folder there (see `aelab.runs`).
 
@@ -302,13 +320,17 @@ def train(
     if run_dir is not None:
         save_config(run_dir, config)
         write_status(run_dir, "running", epochs_done=0)
-    return _train_loop(trainer, run_dir, progress)
+    return _train_loop(trainer, run_dir, progress, list(callbacks))
 
 
-def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool) -> TrainResult:
+def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
     config = trainer.config
+    for callback in callbacks:
+        callback.on_train_start(trainer, run_dir)
     while not trainer.should_stop:
         row = trainer.run_epoch(progress)
+        for callback in callbacks:
+            callback.on_epoch_end(trainer, row, run_dir)
         message = (
             f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
             f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
@@ -332,4 +354,7 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool) -> Train
             stopped_early=stopped_early,
         )
     trainer.model.eval()
-    return TrainResult(trainer.model, trainer.history, run_dir, trainer.best_epoch, stopped_early)
+    result = TrainResult(trainer.model, trainer.history, run_dir, trainer.best_epoch, stopped_early)
+    for callback in callbacks:
+        callback.on_train_end(trainer, result)
+    return result
