@@ -1,0 +1,69 @@
+"""Findings: what the diagnostics say about a set-up or a run, as structured records.
+
+A run folder's `findings.json` is a list of `Finding.to_dict()` objects. Explanations are
+built from the measured numbers in `evidence`, never fixed prose that claims more.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SEVERITIES = ("info", "warning", "error")
+FINDINGS_FILE = "findings.json"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosis.
+
+    id: a stable slug ("blob", "dead-units", "divergence", ...).
+    severity: "info", "warning" or "error".
+    title: one line for tables.
+    evidence: the measured numbers that support it, by name.
+    explanation: why it happens, in plain words, using the evidence.
+    fix: what to change.
+    epoch: the epoch it was seen at, or None for checks made before training.
+    """
+
+    id: str
+    severity: str
+    title: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+    explanation: str = ""
+    fix: str = ""
+    epoch: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity must be one of {SEVERITIES}, got {self.severity!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Finding:
+        return cls(**{key: raw[key] for key in cls.__dataclass_fields__ if key in raw})
+
+    def line(self) -> str:
+        """One line for a terminal: severity, title and fix."""
+        return f"{self.severity.upper():7} {self.id}: {self.title}" + (f" -> {self.fix}" if self.fix else "")
+
+
+def save_findings(run_dir: str | Path, findings: list[Finding]) -> None:
+    from aelab.runs import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / FINDINGS_FILE, json.dumps([f.to_dict() for f in findings], indent=2))
+
+
+def read_findings(run_dir: str | Path) -> list[Finding]:
+    path = Path(run_dir) / FINDINGS_FILE
+    if not path.exists():
+        return []
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return []
+    return [Finding.from_dict(item) for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
