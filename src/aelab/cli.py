@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -113,8 +114,9 @@ def command_train(args: argparse.Namespace) -> int:
     result = train(config, out, progress=not args.quiet, overwrite=args.overwrite)
     last = result.history[-1]
     print(
-        f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}, "
-        f"val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f} (excess {last['val_bce_excess']:.4f})"
+        f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}; "
+        f"val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f} "
+        f"(floor {last['val_bce'] - last['val_bce_excess']:.4f}, excess {last['val_bce_excess']:.4f})"
     )
     print(f"run folder: {result.run_dir}")
     return 0
@@ -165,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aelab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`aelab ... | head`): not an error of ours.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -499,11 +499,9 @@ def _read_folder_dataset(spec: DatasetSpec, config: DataConfig) -> ImageData:
         start += count
     has_classes = bool(class_folders)
     mode = "grayscale" if grayscale else "RGB"
-    split = (
-        f"{len(groups)} classes by subfolder, the last {config.val_fraction:g} of each"
-        if has_classes
-        else (f"the last {config.val_fraction:g}")
-    )
+    split = f"the last {config.val_fraction:g}"
+    if has_classes:
+        split = f"{len(groups)} classes by subfolder, {split} of each"
     return _image_data(
         spec.name,
         np.concatenate(train_parts),
@@ -735,18 +733,21 @@ def _check_npy_header(stream: IO[bytes], size: int, name: str) -> None:
     """Check a .npy header against the bytes that follow it, so that a corrupt header can
     neither allocate a huge array nor unpickle. Leaves `stream` where it started."""
     start = stream.tell()
-    try, _numpy_header_quiet():
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:  # 2.0 and 3.0 share the layout; 3.0 only allows UTF-8 in field names
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    try:
+        with _numpy_header_quiet():
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            else:  # 2.0 and 3.0 share the layout; 3.0 only allows UTF-8 in field names
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
     except _ARCHIVE_ERRORS as error:
         raise DataError(f"{name}: not a valid .npy file ({_first_line(error)}); save it again with np.save") from None
     if dtype.hasobject:
         raise _pickle_error(name)
     if dtype.kind not in "biuf":
         raise DataError(f"{name}: pixels have dtype {dtype}, not numbers; save the images as uint8 or float")
+    if any(dim < 0 for dim in shape):
+        raise DataError(f"{name}: the header gives a negative shape {shape}; the file is corrupt, save it again")
     expected = math.prod(shape) * dtype.itemsize
     held = size - (stream.tell() - start)
     if held < expected:
@@ -760,7 +761,8 @@ def _check_npy_header(stream: IO[bytes], size: int, name: str) -> None:
 def _read_npy(stream: IO[bytes], size: int, name: str) -> np.ndarray:
     _check_npy_header(stream, size, name)
     try:
-        return np.load(stream, allow_pickle=False)
+        with _numpy_header_quiet():
+            return np.load(stream, allow_pickle=False)
     except _ARCHIVE_ERRORS as error:
         raise DataError(f"{name}: not a valid .npy file ({_first_line(error)}); save it again with np.save") from None
 
@@ -793,7 +795,8 @@ def _read_npz_member(archive: np.lib.npyio.NpzFile, key: str, name: str) -> np.n
     with archive.zip.open(member) as stream:
         _check_npy_header(stream, info.file_size, where)
     try:
-        return archive[key]
+        with _numpy_header_quiet():
+            return archive[key]
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise _pickle_error(where) from None
@@ -899,7 +902,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             name="mnist-10k",
             description="the 10,000 MNIST test digits bundled with aelab, 28x28 gray: 8,000 train, 2,000 validation",
-            source="MNIST test set (LeCun, Cortes, Burges), shipped in aelab/bundled",
+            source="MNIST test set by LeCun, Cortes and Burges, shipped in aelab/bundled",
             shape=(1, 28, 28),
             read=_read_bundled_mnist,
             files=_MNIST_FILES[2:],
@@ -907,14 +910,14 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             name="digits",
             description="scikit-learn's 1,797 8x8 digits, values 0..16: 1,437 train, 360 validation",
-            source="sklearn.datasets.load_digits (UCI optical recognition of handwritten digits)",
+            source="sklearn.datasets.load_digits, from the UCI optical handwritten digits",
             shape=(1, 8, 8),
             read=_read_digits,
         ),
         DatasetSpec(
             name="mnist",
-            description="MNIST handwritten digits, 28x28 gray: 60,000 train, 10,000 test as validation (11 MB)",
-            source="http://yann.lecun.com/exdb/mnist/ (LeCun, Cortes, Burges)",
+            description="MNIST handwritten digits, 28x28 gray: 60,000 train, 10,000 test as validation, 11 MB download",
+            source="http://yann.lecun.com/exdb/mnist/ by LeCun, Cortes and Burges",
             shape=(1, 28, 28),
             read=_read_downloadable,
             mirrors=(
@@ -926,8 +929,8 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="fashion-mnist",
-            description="Fashion-MNIST clothing, 28x28 gray: 60,000 train, 10,000 test as validation (download 30 MB)",
-            source="https://github.com/zalandoresearch/fashion-mnist (Xiao, Rasul, Vollgraf 2017)",
+            description="Fashion-MNIST clothing, 28x28 gray: 60,000 train, 10,000 test as validation, 30 MB download",
+            source="https://github.com/zalandoresearch/fashion-mnist, Xiao, Rasul and Vollgraf 2017",
             shape=(1, 28, 28),
             read=_read_downloadable,
             mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
@@ -940,9 +943,9 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             name="kmnist",
-            description="Kuzushiji-MNIST cursive Japanese, 28x28 gray: 60,000 train, 10,000 test as validation "
-            "(download 21 MB)",
-            source="https://github.com/rois-codh/kmnist (Clanuwat et al. 2018)",
+            description="Kuzushiji-MNIST cursive Japanese, 28x28 gray: 60,000 train, 10,000 test as validation"
+            ", 21 MB download",
+            source="https://github.com/rois-codh/kmnist, Clanuwat et al. 2018",
             shape=(1, 28, 28),
             read=_read_downloadable,
             mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
@@ -957,14 +960,14 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             name="array",
             description="your images in a .npy or .npz file (data.path); the last val_fraction is validation",
-            source="data.path",
+            source="your file",
             shape=None,
             read=_read_array_dataset,
         ),
         DatasetSpec(
             name="folder",
             description="your PNG/JPEG images in a folder (data.path), one subfolder per class if labelled",
-            source="data.path",
+            source="your folder",
             shape=None,
             read=_read_folder_dataset,
         ),
