@@ -118,7 +118,8 @@ def check(
             pixels=subject.reconstruct(targets)[0],
         )
     state = measure(subject, baseline(targets, loss), layers, _default_init_norms(model), "PyTorch default init")
-    return setup_findings(setup) + state_findings(state)
+    before = setup_findings(setup)
+    return before + state_findings(state, {"setup_errors": [f.id for f in before if f.severity == "error"]})
 
 
 def diagnose_run(run_dir: str | Path) -> list[Finding]:
@@ -136,4 +137,6 @@ def diagnose_run(run_dir: str | Path) -> list[Finding]:
     state = measure(subject, baseline(targets, config.train.loss), layers, initial, "initial", epoch=epoch)
     context = run_context(config)
     context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in run.history], state)
-    return setup_findings(config_setup(config, subject, targets)) + state_findings(state, context)
+    before = setup_findings(config_setup(config, subject, targets))
+    context["setup_errors"] = [f.id for f in before if f.severity == "error"]
+    return before + state_findings(state, context)

@@ -37,9 +37,10 @@ from .setup import Setup, finite, setup_findings
 BLOB_VARIATION = 0.2
 BLOB_GAP = 0.1
 DEAD_WARNING = 0.25  # share of a relu layer's units dead on every probe image
-SATURATION_WARNING = 0.5  # share of a sigmoid/tanh layer's values within NEAR_BOUND of a bound
+SATURATION_WARNING = 0.9  # share of a sigmoid/tanh layer's values within NEAR_BOUND of a bound
 COLLAPSE_RATIO = 0.1  # a weight matrix whose norm fell below this share of its reference norm
 GRADIENT_SPREAD = 1e3  # first vs last layer's gradient per unit of weight norm, either way
+EXPLODING_RELATIVE = 10.0  # a layer whose gradient norm is this many times its weight norm
 
 STATE_IDS = ("non-finite", "blob", "dead-units", "saturation", "weight-collapse", "vanishing-gradients",
              "exploding-gradients")  # fmt: skip
@@ -224,34 +225,44 @@ def _check_blob(state: State, context: dict[str, Any]) -> list[Finding]:
     if stuck:
         evidence["epochs_near_mean_image"] = stuck
     parts = [
-        f"Across {state.images} images the reconstructions vary {state.variation_ratio:.1%} as much as the images "
-        f"themselves (pixel variance across images)"
+        f"Across {state.images} images the reconstructions vary {_percent(state.variation_ratio)} as much as the "
+        f"images themselves (pixel variance across images)"
     ]
     if state.distance_to_mean_image < BLOB_VARIATION:
         parts.append(
             f"and they sit close to the mean image (their squared distance from it is "
-            f"{state.distance_to_mean_image:.1%} of the images' own)"
+            f"{_percent(state.distance_to_mean_image)} of the images' own)"
         )
     parts[-1] += "."
+    progress = (
+        "the model scores worse than that constant image" if gap < 0 else f"the model has closed {gap:.1%} of that gap"
+    )
     parts.append(
         f"The {basis} is {value:.4g} where a model that outputs the mean image for every input scores "
-        f"{mean_value:.4g} (floor {floor:.4g}): the model has closed {gap:.1%} of that gap"
-        + (f", and stayed within {BLOB_GAP:.0%} of it for the last {stuck} epochs." if stuck else ".")
+        f"{mean_value:.4g} (floor {floor:.4g}): {progress}"
+        + (f", and has stayed within {BLOB_GAP:.0%} of it for the last {stuck} epochs." if stuck else ".")
     )
+    compared = "no better than" if gap < 0 else "like"
     if low_variation and near_mean:
-        title = f"reconstructions barely vary ({state.variation_ratio:.1%} of the data's variation) and " \
-            f"score like the mean image ({basis} {value:.4g} vs {mean_value:.4g})"  # fmt: skip
+        title = (
+            f"reconstructions barely vary ({_percent(state.variation_ratio)} of the data's variation) and "
+            f"score {compared} the mean image ({basis} {value:.4g} vs {mean_value:.4g})"
+        )
         parts.append("The output is close to one image whatever the input: a blob.")
     elif low_variation:
-        title = f"reconstructions barely vary with the input ({state.variation_ratio:.1%} of the data's variation)"
+        title = (
+            f"reconstructions barely vary with the input ({_percent(state.variation_ratio)} of the data's variation)"
+        )
     else:
         title = f"loss stuck at the mean image's level ({basis} {value:.4g} vs {mean_value:.4g})"
-    fixes = []
-    if context.get("learning_rate") and context.get("optimizer") == "adam" and context["learning_rate"] < 1e-2:
-        fixes.append(f"train longer or raise the learning rate (now {context['learning_rate']:g}; try 1e-2)")
+    setup_errors = context.get("setup_errors")
+    if setup_errors:
+        fixes = [f"fix the set-up errors first ({', '.join(setup_errors)}): no amount of training gets past them"]
+    elif context.get("optimizer") == "adam" and context.get("learning_rate", 1.0) < 1e-2:
+        fixes = [f"train longer or raise the learning rate (now {context['learning_rate']:g}; try 1e-2)"]
     else:
-        fixes.append("train longer or raise the learning rate")
-    if context.get("activation") == "sigmoid":
+        fixes = ["train longer or raise the learning rate"]
+    if context.get("activation") == "sigmoid" and not setup_errors:
         fixes.append("relu hidden layers leave this plateau sooner than sigmoid ones")
     return [
         Finding(
@@ -264,6 +275,11 @@ def _check_blob(state: State, context: dict[str, Any]) -> list[Finding]:
             epoch=state.epoch,
         )
     ]
+
+
+def _percent(share: float) -> str:
+    """A share as a percentage with two significant digits, so 0.0004 reads 0.04%, not 0.0%."""
+    return f"{100 * share:.2g}%"
 
 
 def _check_units(state: State, context: dict[str, Any]) -> list[Finding]:
@@ -363,6 +379,34 @@ def _check_weights(state: State, context: dict[str, Any]) -> list[Finding]:
 
 def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
     spread, first, last, relative_first, relative_last = _gradient_spread(state)
+    images = min(state.images, GRADIENT_IMAGES)
+    relative = {n: state.gradients[n] / state.weights[n] for n in state.gradients if state.weights.get(n)}
+    largest = max(relative, key=relative.__getitem__, default=None)
+    if largest is not None and relative[largest] > EXPLODING_RELATIVE:
+        size = relative[largest]
+        rate = context.get("learning_rate", 0.01)
+        return [
+            Finding(
+                id="exploding-gradients",
+                severity="warning",
+                title=f"the gradient at {largest} is {size:.3g} times the norm of its weights",
+                evidence={
+                    "layer": largest,
+                    "relative_gradient": size,
+                    "relative_gradients": relative,
+                    "images": images,
+                },
+                explanation=(
+                    f"Measured on {images} probe images, |grad W| / |W| is {size:.3g} at {largest} (largest of the "
+                    f"{len(relative)} weight layers). A plain gradient step with learning rate {rate:g} would change "
+                    f"those weights by {rate * size:.3g} times their own size; steps like that overshoot, and "
+                    f"with momentum-free SGD they can blow the weights up to Inf."
+                ),
+                fix="scale the inputs to [0, 1] (large targets make large losses and gradients); lower the learning "
+                "rate; clip the gradient norm",
+                epoch=state.epoch,
+            )
+        ]
     if math.isnan(spread) or 1 / GRADIENT_SPREAD <= spread <= GRADIENT_SPREAD:
         return []
     vanishing = spread < 1 / GRADIENT_SPREAD
@@ -373,7 +417,7 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
         "first_relative_gradient": relative_first,
         "last_relative_gradient": relative_last,
         "spread": spread,
-        "images": min(state.images, GRADIENT_IMAGES),
+        "images": images,
     }
     direction = "smaller" if vanishing else "larger"
     return [
@@ -383,11 +427,11 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
             title=f"the gradient per unit weight at {first} is {factor:.3g} times {direction} than at {last}",
             evidence=evidence,
             explanation=(
-                f"Measured on {evidence['images']} probe images, |grad W| / |W| is {relative_first:.3g} for the "
-                f"first weight layer ({first}) and {relative_last:.3g} for the last ({last}), {factor:.3g} times "
+                f"Measured on {images} probe images, |grad W| / |W| is {relative_first:.3g} for the first weight "
+                f"layer ({first}) and {relative_last:.3g} for the last ({last}), {factor:.3g} times "
                 + (
                     "smaller at the input end: the gradient shrinks on its way back through the layers, so the "
-                    "first layers barely learn."
+                    "first layers learn far more slowly than the last."
                     if vanishing
                     else "larger at the input end: the gradient grows on its way back through the layers, so "
                     "steps that suit the last layer are far too big for the first."
@@ -396,7 +440,7 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
             fix=(
                 "use relu hidden layers with he_uniform init, fewer layers, or a normalisation layer"
                 if vanishing
-                else "scale the inputs to [0, 1]; lower the learning rate; use glorot or he init"
+                else "lower the learning rate; use glorot or he init; clip the gradient norm"
             ),
             epoch=state.epoch,
         )
@@ -485,6 +529,7 @@ class Doctor(Callback):
         state = measure(self._subject, self._baseline, self._layers, self._initial, "initial", epoch=trainer.epoch)
         context = run_context(trainer.config)
         context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in trainer.history], state)
+        context["setup_errors"] = [f.id for f in self.setup if f.severity == "error"]
         found = state_findings(state, context)
         streaks = {}
         for finding in found:
