@@ -410,7 +410,7 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
     if math.isnan(spread) or 1 / GRADIENT_SPREAD <= spread <= GRADIENT_SPREAD:
         return []
     vanishing = spread < 1 / GRADIENT_SPREAD
-    factor = 1 / spread if vanishing else spread
+    factor = (1 / spread if spread > 0 else math.inf) if vanishing else spread
     evidence = {
         "first_layer": first,
         "last_layer": last,
@@ -420,11 +420,14 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
         "images": images,
     }
     direction = "smaller" if vanishing else "larger"
+    title = f"the gradient per unit weight at {first} is {factor:.3g} times {direction} than at {last}"
+    if spread == 0:
+        title = f"no gradient reaches {first} while {last} gets |grad W| / |W| = {relative_last:.3g}"
     return [
         Finding(
             id="vanishing-gradients" if vanishing else "exploding-gradients",
             severity="warning",
-            title=f"the gradient per unit weight at {first} is {factor:.3g} times {direction} than at {last}",
+            title=title,
             evidence=evidence,
             explanation=(
                 f"Measured on {images} probe images, |grad W| / |W| is {relative_first:.3g} for the first weight "
