@@ -62,7 +62,8 @@ def test_softmax_output_is_found_with_the_sum_of_its_pixels():
 
 
 @pytest.mark.parametrize(
-    ("activation", "loss", "severity"), [("relu", "bce", "error"), ("linear", "bce", "error"), ("tanh", "mse", "warning")]
+    ("activation", "loss", "severity"),
+    [("relu", "bce", "error"), ("linear", "bce", "error"), ("tanh", "mse", "warning")],
 )
 def test_output_activation_that_cannot_fit_the_data_or_loss(activation, loss, severity):
     cfg = config(model={"output_activation": activation}, train={"loss": loss})
@@ -142,7 +143,8 @@ def test_deep_sigmoid_stack_has_vanishing_gradients():
     vanishing = found["vanishing-gradients"].evidence
     assert vanishing["first_layer"] == "encoder.0.weight" and vanishing["last_layer"] == "decoder.6.weight"
     assert vanishing["spread"] < 1e-3
-    assert vanishing["spread"] == pytest.approx(vanishing["first_relative_gradient"] / vanishing["last_relative_gradient"])
+    ratio = vanishing["first_relative_gradient"] / vanishing["last_relative_gradient"]
+    assert vanishing["spread"] == pytest.approx(ratio)
 
 
 def test_raw_pixels_with_mse_give_exploding_gradients():

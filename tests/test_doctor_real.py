@@ -16,7 +16,6 @@ from aelab.doctor import Doctor, diagnose_run
 from aelab.findings import read_findings
 
 
-
 def sigmoid_run(loss: str, learning_rate: float) -> RunConfig:
     """The sigmoid 784-100-50-100-784 of the blob question: adam, batch 256, glorot, 20 epochs."""
     return RunConfig.from_dict(
