@@ -17,6 +17,7 @@ from typing import Any
 from aelab.errors import AelabError, ConfigError
 
 EXIT_USER_ERROR = 2
+EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
 
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
@@ -107,11 +108,13 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from aelab.doctor import Doctor
     from aelab.train import train
 
     config = run_config_from_args(args)
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
-    result = train(config, out, progress=not args.quiet, overwrite=args.overwrite)
+    doctor = Doctor()
+    result = train(config, out, progress=not args.quiet, overwrite=args.overwrite, callbacks=[doctor])
     last = result.history[-1]
     print(
         f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}; "
@@ -119,7 +122,44 @@ def command_train(args: argparse.Namespace) -> int:
         f"(floor {last['val_bce'] - last['val_bce_excess']:.4f}, excess {last['val_bce_excess']:.4f})"
     )
     print(f"run folder: {result.run_dir}")
+    if doctor.findings:
+        print(f"doctor: {len(doctor.findings)} finding(s); details: aelab doctor {result.run_dir}")
+        for finding in doctor.findings:
+            print(f"  {finding.line()}")
+    if args.strict and any(finding.severity == "error" for finding in doctor.findings):
+        return EXIT_FINDINGS
     return 0
+
+
+def command_doctor(args: argparse.Namespace) -> int:
+    from aelab.doctor import DOCTOR_IDS, diagnose_run
+    from aelab.findings import FINDINGS_FILE, read_findings, save_findings
+
+    run_dir = Path(args.run_dir)
+    saved = read_findings(run_dir)
+    if args.recheck or not (run_dir / FINDINGS_FILE).exists():
+        findings = diagnose_run(run_dir)
+        save_findings(run_dir, [f for f in saved if f.id not in DOCTOR_IDS] + findings)
+        saved = read_findings(run_dir)
+        print(f"{run_dir}: checked again from the folder (model, config, data)")
+    if not saved:
+        print(f"{run_dir}: no findings")
+    for finding in saved:
+        when = "before training" if finding.epoch is None else f"since epoch {finding.epoch}"
+        print(f"\n{finding.severity.upper()} {finding.id} ({when}): {finding.title}")
+        print(f"  why: {finding.explanation}")
+        if finding.fix:
+            print(f"  fix: {finding.fix}")
+        if finding.evidence:
+            numbers = ", ".join(f"{key}={_show(value)}" for key, value in finding.evidence.items())
+            print(f"  evidence: {numbers}")
+    if args.strict and any(finding.severity == "error" for finding in saved):
+        return EXIT_FINDINGS
+    return 0
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def command_datasets(args: argparse.Namespace) -> int:
@@ -148,7 +188,20 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
     train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_parser.add_argument(
+        "--strict", action="store_true", help=f"exit {EXIT_FINDINGS} when the doctor finds an error-level problem"
+    )
     train_parser.set_defaults(handler=command_train)
+
+    doctor_parser = commands.add_parser("doctor", help="list what is wrong with a run, why, and what to change")
+    doctor_parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `aelab train`")
+    doctor_parser.add_argument(
+        "--recheck", action="store_true", help="run the checks again from the folder (model, config, data)"
+    )
+    doctor_parser.add_argument(
+        "--strict", action="store_true", help=f"exit {EXIT_FINDINGS} when there is an error-level finding"
+    )
+    doctor_parser.set_defaults(handler=command_doctor)
 
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
     datasets_parser.set_defaults(handler=command_datasets)

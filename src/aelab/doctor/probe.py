@@ -1,0 +1,238 @@
+"""Measurements the doctor takes on a model: a fixed probe batch, forward hooks on every weight
+layer, activation statistics, weight norms and gradient norms.
+
+Everything here works on any `nn.Module` whose forward maps a batch to its reconstruction, not
+only on aelab's models: a `Subject` says how to call the model and score its output, and
+`trace_layers` finds each weight layer's activation by comparing what the layer outputs with
+what the next layer receives (so functional activations such as `F.relu` are found too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aelab.activations import ACTIVATIONS
+from aelab.losses import expected_pixels, get_loss
+from aelab.models import Autoencoder
+
+PROBE_IMAGES = 2000  # validation images in the fixed probe batch (all of mnist-10k's validation split)
+GRADIENT_IMAGES = 256  # images of the probe used for one backward pass per epoch
+TRACE_IMAGES = 64  # images used to identify each layer's activation
+CHUNK = 1024  # images per forward pass
+NEAR_BOUND = 0.01  # "saturated": within 1% of the activation's range from one of its bounds
+
+# Pre-activation beyond which a bounded activation is within NEAR_BOUND of a bound:
+# sigmoid(z) > 0.99 for z > logit(0.99); tanh(z) > 1 - 2 * 0.01 for z > atanh(0.98).
+SATURATION_THRESHOLDS = {
+    "sigmoid": math.log((1 - NEAR_BOUND) / NEAR_BOUND),
+    "tanh": math.atanh(1 - 2 * NEAR_BOUND),
+}
+# Order in which candidate activations are tried when several fit (relu and linear agree on
+# positive inputs; the first that fits is kept).
+CANDIDATES = ("relu", "sigmoid", "tanh", "linear", "leaky_relu", "elu", "selu", "gelu")
+WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+@dataclass
+class Subject:
+    """How to run and score a model.
+
+    model: an aelab `Autoencoder` or any module mapping a batch to its reconstruction.
+    loss: a key of `aelab.losses.LOSSES`.
+    from_logits: whether a user model returns logits (None for aelab models, which decide).
+    input_shape: the per-sample shape the model takes, e.g. (784,) for a model on flattened
+        images; None when it takes the images as they are.
+    """
+
+    model: nn.Module
+    loss: str
+    from_logits: bool | None = None
+    input_shape: tuple[int, ...] | None = None
+
+    def loss_input(self, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(output, from_logits) for `aelab.losses`, shaped like `images`."""
+        inputs = images if self.input_shape is None else images.reshape(images.shape[0], *self.input_shape)
+        output = self.model(inputs)
+        if isinstance(self.model, Autoencoder) and self.from_logits is None:
+            return self.model.loss_input(output)
+        return output.reshape(images.shape), bool(self.from_logits)
+
+    def losses(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-image loss (B,), with gradients."""
+        output, from_logits = self.loss_input(images)
+        return get_loss(self.loss)(output, images, from_logits)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pixels, per-image loss) in chunks, in eval mode."""
+        pixels, losses = [], []
+        with eval_mode(self.model):
+            for start in range(0, images.shape[0], CHUNK):
+                chunk = images[start : start + CHUNK]
+                output, from_logits = self.loss_input(chunk)
+                losses.append(get_loss(self.loss)(output, chunk, from_logits))
+                pixels.append(expected_pixels(self.loss, output, from_logits))
+        return torch.cat(pixels), torch.cat(losses)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class Layer:
+    """A weight layer as traced: its name, module, the activation applied to its output (a key
+    of ACTIVATIONS, "softmax" for an output softmax, or None when none fits) and its width."""
+
+    name: str
+    module: nn.Module
+    activation: str | None
+    width: int  # values per sample in its output
+    is_output: bool = False
+
+
+def weight_layers(model: nn.Module) -> dict[nn.Module, str]:
+    return {module: name for name, module in model.named_modules() if isinstance(module, WEIGHT_LAYERS)}
+
+
+def _matches(name: str, values: torch.Tensor, target: torch.Tensor) -> bool:
+    candidate = F.softmax(values.flatten(1), dim=1) if name == "softmax" else ACTIVATIONS[name](values).flatten(1)
+    return candidate.shape == target.shape and bool(torch.allclose(candidate, target, rtol=1e-4, atol=1e-5))
+
+
+@torch.no_grad()
+def trace_layers(subject: Subject, images: torch.Tensor) -> list[Layer]:
+    """The weight layers in the order the forward pass calls them, each with the activation
+    that turns its output into the next layer's input (or into the model's output)."""
+    names = weight_layers(subject.model)
+    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        calls.append((module, inputs[0].detach().flatten(1), output.detach().flatten(1)))
+
+    handles = [module.register_forward_hook(hook) for module in names]
+    try:
+        with eval_mode(subject.model):
+            output, from_logits = subject.loss_input(images[:TRACE_IMAGES])
+    finally:
+        for handle in handles:
+            handle.remove()
+    final = output.flatten(1)
+    layers = []
+    for index, (module, _, out) in enumerate(calls):
+        is_output = index == len(calls) - 1
+        following = final if is_output else calls[index + 1][1]
+        candidates = (*CANDIDATES, "softmax") if is_output else CANDIDATES
+        activation = next((c for c in candidates if _matches(c, out, following)), None)
+        if is_output and from_logits and activation == "linear":
+            activation = "sigmoid"  # the loss applies the sigmoid to these logits
+        if is_output and isinstance(subject.model, Autoencoder) and subject.from_logits is None:
+            activation = subject.model.config.output_activation
+        layers.append(Layer(names[module], module, activation, out.shape[1], is_output))
+    return layers
+
+
+@dataclass
+class LayerStats:
+    """Per-layer activation statistics on the probe batch."""
+
+    name: str
+    activation: str | None
+    units: int
+    dead_units: int | None = None  # relu: units at zero for every probe image
+    saturated_share: float | None = None  # sigmoid/tanh: share of values within NEAR_BOUND of a bound
+    pinned_units: int | None = None  # sigmoid/tanh: units saturated for every probe image
+
+
+def _per_unit(values: torch.Tensor) -> torch.Tensor:
+    # (B, U, ...) -> (U, B * ...): one row per unit (a feature, or a channel of a conv layer).
+    return values.transpose(0, 1).reshape(values.shape[1], -1)
+
+
+@torch.no_grad()
+def probe_forward(
+    subject: Subject, images: torch.Tensor, layers: list[Layer]
+) -> tuple[torch.Tensor, torch.Tensor, list[LayerStats]]:
+    """One pass over `images` in eval mode: (pixels, per-image loss, layer statistics). The
+    statistics are the dead and saturated units of every hidden layer whose activation is relu,
+    sigmoid or tanh, reduced inside forward hooks so that no activation is kept."""
+    watched = {layer.module: layer for layer in layers if not layer.is_output}
+    alive: dict[nn.Module, torch.Tensor] = {}
+    saturated: dict[nn.Module, list[int]] = {}  # [values near a bound, values seen]
+    pinned: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        layer = watched[module]
+        units = _per_unit(output.detach())
+        if layer.activation == "relu":
+            now = (units > 0).any(dim=1)
+            alive[module] = now if module not in alive else alive[module] | now
+        elif layer.activation in SATURATION_THRESHOLDS:
+            near = units.abs() > SATURATION_THRESHOLDS[layer.activation]
+            counts = saturated.setdefault(module, [0, 0])
+            counts[0] += int(near.sum())
+            counts[1] += near.numel()
+            every = near.all(dim=1)
+            pinned[module] = every if module not in pinned else pinned[module] & every
+
+    handles = [module.register_forward_hook(hook) for module in watched]
+    pixels, losses = [], []
+    try:
+        with eval_mode(subject.model):
+            for start in range(0, images.shape[0], CHUNK):
+                chunk = images[start : start + CHUNK]
+                output, from_logits = subject.loss_input(chunk)
+                losses.append(get_loss(subject.loss)(output, chunk, from_logits))
+                pixels.append(expected_pixels(subject.loss, output, from_logits))
+    finally:
+        for handle in handles:
+            handle.remove()
+    stats = []
+    for module, layer in watched.items():
+        seen = alive.get(module, pinned.get(module))
+        entry = LayerStats(layer.name, layer.activation, int(seen.numel()) if seen is not None else 0)
+        if module in alive:
+            entry.dead_units = int((~alive[module]).sum())
+        if module in saturated:
+            near, seen = saturated[module]
+            entry.saturated_share = near / seen
+            entry.pinned_units = int(pinned[module].sum())
+        stats.append(entry)
+    return torch.cat(pixels), torch.cat(losses), stats
+
+
+def weight_norms(model: nn.Module) -> dict[str, float]:
+    """Frobenius norm of every weight matrix or kernel (parameters with 2+ dims), by name."""
+    return {
+        name: float(param.detach().norm())
+        for name, param in model.named_parameters()
+        if name.endswith("weight") and param.ndim >= 2
+    }
+
+
+def gradient_norms(subject: Subject, images: torch.Tensor) -> dict[str, float]:
+    """Norm of the mean loss's gradient for every weight matrix, on `images`, in eval mode.
+    `autograd.grad` leaves the parameters' .grad fields alone, so training is not disturbed."""
+    model = subject.model
+    params = {
+        name: param
+        for name, param in model.named_parameters()
+        if name.endswith("weight") and param.ndim >= 2 and param.requires_grad
+    }
+    with eval_mode(model), torch.enable_grad():
+        loss = subject.losses(images).mean()
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+    return {name: (float(g.norm()) if g is not None else 0.0) for name, g in zip(params, grads, strict=True)}
