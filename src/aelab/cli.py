@@ -1,6 +1,7 @@
 """The `aelab` command line: a thin layer that builds configs and calls the Python API.
 
 User mistakes print one line, `aelab: error: ...`, and exit 2; tracebacks are for our bugs.
+A run that diverges (NaN, Inf or exploding loss) prints one line and exits 3.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aelab.errors import AelabError, ConfigError
+from aelab.errors import AelabError, ConfigError, DivergenceError
 
 EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
@@ -108,6 +110,8 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 def command_train(args: argparse.Namespace) -> int:
     from aelab.train import train
 
+    if args.resume:
+        return command_resume(args)
     config = run_config_from_args(args)
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
     result = train(config, out, progress=not args.quiet, overwrite=args.overwrite)
@@ -115,6 +119,32 @@ def command_train(args: argparse.Namespace) -> int:
     print(
         f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}, "
         f"val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f} (excess {last['val_bce_excess']:.4f})"
+    )
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    from aelab.runs import load_config
+    from aelab.train import resume
+
+    given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
+    others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
+    given += [flag for flag, value in (*others, ("--out", args.out), ("--overwrite", args.overwrite)) if value]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with the config in its folder; drop {', '.join(given)} "
+            "(start a new run to change them)"
+        )
+    result = resume(args.resume, progress=not args.quiet)
+    loss = load_config(Path(args.resume)).train.loss
+    start = result.extras.get("resumed_from_epoch")
+    if start == len(result.history):
+        print(f"{args.resume} had already finished; nothing to resume")
+    last = result.history[-1]
+    print(
+        f"finished {len(result.history)} epochs ({len(result.history) - start} after resuming): val {loss} "
+        f"{last['val_loss']:.4f}, val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f}"
     )
     print(f"run folder: {result.run_dir}")
     return 0
@@ -146,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
     train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    train_parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an unfinished run folder from its last checkpoint"
+    )
     train_parser.set_defaults(handler=command_train)
 
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
@@ -159,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.handler(args)
+    except DivergenceError as error:
+        print(f"aelab: diverged: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except AelabError as error:
         print(f"aelab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
