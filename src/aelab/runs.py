@@ -270,10 +270,13 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # A folder that holds only our lock file (a run refused before it wrote anything) is empty.
+    if run_dir.exists() and any(child.name not in (LOCK_FILE, WRITE_PROBE) for child in run_dir.iterdir()):
         if not overwrite:
             state = read_status(run_dir).get("state")
-            hint = "--resume it" if state in ("running", "diverged") else "choose another --out"
+            hint = (
+                f"continue it with `aelab train --resume {run_dir}`" if state == "running" else "choose another --out"
+            )
             raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
         for child in run_dir.iterdir():
             if child.is_file():
