@@ -28,7 +28,7 @@ STEPS_PER_EPOCH = 4  # 128 images in batches of 32
 
 def test_learning_rate_1e4_stops_in_its_first_epoch_with_one_line(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *FLAGS, "--lr", "1e4", "--epochs", "3", "--out", str(run)]) == 3
+    assert main(["train", *FLAGS, "--lr", "1e4", "--epochs", "3", "--out", str(run)]) == 4
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
     assert error.startswith("aelab: diverged: training diverged at step 2 (epoch 1): the training loss exploded")
@@ -54,7 +54,7 @@ def test_learning_rate_1e4_stops_in_its_first_epoch_with_one_line(tmp_path, caps
 
     with pytest.raises(DivergenceError, match="diverged before and would again"):
         resume(run, progress=False)  # at once, without training again
-    assert main(["train", "--resume", str(run), "--quiet"]) == 3
+    assert main(["train", "--resume", str(run), "--quiet"]) == 4
 
 
 def poison(monkeypatch, at_step, what):

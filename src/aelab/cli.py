@@ -1,7 +1,7 @@
 """The `aelab` command line: a thin layer that builds configs and calls the Python API.
 
 User mistakes print one line, `aelab: error: ...`, and exit 2; tracebacks are for our bugs.
-A run that diverges (NaN, Inf or exploding loss) prints one line and exits 3.
+A run that diverges (NaN, Inf or exploding loss) prints one line and exits 4.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from aelab.errors import AelabError, ConfigError, DivergenceError
 
 EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
+EXIT_DIVERGED = 4  # training diverged (NaN, Inf or exploding loss); 3 is the doctor's --strict
 
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
