@@ -17,7 +17,6 @@ from typing import Any
 from aelab.errors import AelabError, ConfigError, DivergenceError
 
 EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 4  # training diverged (NaN, Inf or exploding loss); 3 is the doctor's --strict
 
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
@@ -124,6 +123,20 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_datasets(args: argparse.Namespace) -> int:
+    from aelab.data import DATASETS
+
+    rows = [
+        (spec.name, "x".join(map(str, spec.shape)) if spec.shape else "any", spec.description, spec.source)
+        for spec in DATASETS.values()
+    ]
+    widths = [max(len(row[i]) for row in [("name", "shape", "", ""), *rows]) for i in range(2)]
+    print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  description (source)")
+    for name, shape, description, source in rows:
+        print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {description} ({source})")
+    return 0
+
+
 def command_resume(args: argparse.Namespace) -> int:
     from aelab.runs import load_config
     from aelab.train import resume
@@ -150,20 +163,6 @@ def command_resume(args: argparse.Namespace) -> int:
     return 0
 
 
-def command_datasets(args: argparse.Namespace) -> int:
-    from aelab.data import DATASETS
-
-    rows = [
-        (spec.name, "x".join(map(str, spec.shape)) if spec.shape else "any", spec.description, spec.source)
-        for spec in DATASETS.values()
-    ]
-    widths = [max(len(row[i]) for row in [("name", "shape", "", ""), *rows]) for i in range(2)]
-    print(f"{'name':<{widths[0]}}  {'shape':<{widths[1]}}  description (source)")
-    for name, shape, description, source in rows:
-        print(f"{name:<{widths[0]}}  {shape:<{widths[1]}}  {description} ({source})")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aelab", description="A lab for image autoencoders: train, compare losses, diagnose blobs."
@@ -173,17 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train", help="train one autoencoder into a run folder")
     add_run_options(train_parser)
-    train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
-    train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
-    train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     train_parser.add_argument(
         "--resume", metavar="RUN_DIR", help="continue an unfinished run folder from its last checkpoint"
     )
+    train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
+    train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     train_parser.set_defaults(handler=command_train)
 
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
     datasets_parser.set_defaults(handler=command_datasets)
     return parser
+
+
+EXIT_DIVERGED = 4  # training diverged (NaN, Inf or exploding loss); 3 is the doctor's --strict
 
 
 def main(argv: Sequence[str] | None = None) -> int:
