@@ -95,8 +95,9 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     assert load_run(run).finished
     assert_same_tensors(reference / "model.safetensors", run / "model.safetensors")
     assert_same_tensors(reference / "checkpoint.safetensors", run / "checkpoint.safetensors")
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "seconds"} for row in rows]  # noqa: E731
-    assert strip(load_run(run).history) == strip(load_run(reference).history)
+    # the numbers training itself records (callbacks such as the doctor may add their own)
+    core = lambda rows: [(r["epoch"], r["train_loss"], r["val_loss"], r["val_mse"]) for r in rows]  # noqa: E731
+    assert core(load_run(run).history) == core(load_run(reference).history)
     assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
 
 
