@@ -6,11 +6,11 @@ loss, compare them on equal footing, and see why a model gives a blob.
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
-from aelab.errors import AelabError, ConfigError, DataError, RunFolderError
+from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
 from aelab.runs import Run, load_run
-from aelab.train import OPTIMIZERS, TrainResult, train
+from aelab.train import OPTIMIZERS, TrainResult, resume, train
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DataError",
+    "DivergenceError",
     "ImageData",
     "ModelConfig",
     "Run",
@@ -36,5 +37,6 @@ __all__ = [
     "build_model",
     "load_dataset",
     "load_run",
+    "resume",
     "train",
 ]

@@ -1,6 +1,7 @@
 """The `aelab` command line: a thin layer that builds configs and calls the Python API.
 
 User mistakes print one line, `aelab: error: ...`, and exit 2; tracebacks are for our bugs.
+A run that diverges (NaN, Inf or exploding loss) prints one line and exits 4.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aelab.errors import AelabError, ConfigError
+from aelab.errors import AelabError, ConfigError, DivergenceError
 
 EXIT_USER_ERROR = 2
 EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
@@ -111,6 +112,8 @@ def command_train(args: argparse.Namespace) -> int:
     from aelab.doctor import Doctor
     from aelab.train import train
 
+    if args.resume:
+        return command_resume(args)
     config = run_config_from_args(args)
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
     doctor = Doctor()
@@ -176,6 +179,32 @@ def command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_resume(args: argparse.Namespace) -> int:
+    from aelab.runs import load_config
+    from aelab.train import resume
+
+    given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
+    others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
+    given += [flag for flag, value in (*others, ("--out", args.out), ("--overwrite", args.overwrite)) if value]
+    if given:
+        raise ConfigError(
+            f"--resume continues a run with the config in its folder; drop {', '.join(given)} "
+            "(start a new run to change them)"
+        )
+    result = resume(args.resume, progress=not args.quiet)
+    loss = load_config(Path(args.resume)).train.loss
+    start = result.extras.get("resumed_from_epoch")
+    if start == len(result.history):
+        print(f"{args.resume} had already finished; nothing to resume")
+    last = result.history[-1]
+    print(
+        f"finished {len(result.history)} epochs ({len(result.history) - start} after resuming): val {loss} "
+        f"{last['val_loss']:.4f}, val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f}"
+    )
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aelab", description="A lab for image autoencoders: train, compare losses, diagnose blobs."
@@ -185,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train_parser = commands.add_parser("train", help="train one autoencoder into a run folder")
     add_run_options(train_parser)
+    train_parser.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue an unfinished run folder from its last checkpoint"
+    )
     train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
     train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -208,12 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_DIVERGED = 4  # training diverged (NaN, Inf or exploding loss); 3 is the doctor's --strict
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return args.handler(args)
+    except DivergenceError as error:
+        print(f"aelab: diverged: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
     except AelabError as error:
         print(f"aelab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR

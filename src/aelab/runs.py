@@ -14,9 +14,13 @@ here unpickles: weights are safetensors, configs are safe YAML/JSON.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,23 +41,44 @@ METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATUS_FILE = "status.json"
+LOCK_FILE = ".aelab.lock"
+WRITE_PROBE = ".aelab-write-test"
 MODEL_FORMAT = "aelab-model-1"
 CHECKPOINT_FORMAT = "aelab-checkpoint-1"
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    A failed write (disk full, permissions) leaves the old file as it was, removes the
+    temporary file and raises RunFolderError with the reason."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary: str | None = None
     try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+    except BaseException as error:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+            hint = "free some space" if full else "check the folder's permissions"
+            raise RunFolderError(
+                f"cannot write {path} ({reason}); the previous version of the file is kept, {hint} and try again"
+            ) from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -199,24 +224,45 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Rebuild the trained model of a run folder from the folder alone."""
+    """Rebuild the trained model of a run folder from the folder alone.
+
+    A finished run gives its final weights; an unfinished one (killed or diverged, see
+    `Run.status`) the weights of its last good checkpoint. Only safetensors and safe YAML/JSON
+    are read: any other file in the folder (a pickle, say) is never opened."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
-    tensors, metadata = read_safetensors(run_dir / MODEL_FILE)
-    if metadata.get("format") != MODEL_FORMAT:
-        raise RunFolderError(f"{run_dir / MODEL_FILE} was not written by aelab (format {metadata.get('format')!r})")
+    source, tensors, metadata = _weights_source(run_dir)
     try:
         config = RunConfig.from_dict(json.loads(metadata["config"]))
         image_shape = tuple(json.loads(metadata["image_shape"]))
     except (KeyError, json.JSONDecodeError, TypeError):
-        raise RunFolderError(f"{run_dir / MODEL_FILE}: its metadata lacks a readable config") from None
-    if len(image_shape) != 3:
-        raise RunFolderError(f"{run_dir / MODEL_FILE}: image shape {list(image_shape)} is not (C, H, W)")
+        raise RunFolderError(f"{source}: its metadata lacks a readable config") from None
+    except AelabError as error:
+        raise RunFolderError(f"{source}: the config in its metadata does not validate ({error})") from None
+    if len(image_shape) != 3 or not all(isinstance(size, int) and size >= 1 for size in image_shape):
+        raise RunFolderError(f"{source}: image shape {list(image_shape)} is not (C, H, W)")
     model = build_model(config.model, image_shape)  # type: ignore[arg-type]
-    load_weights(model, tensors, run_dir / MODEL_FILE)
+    load_weights(model, tensors, source)
     model.eval()
     return Run(run_dir, config, model, read_metrics(run_dir), read_status(run_dir))
+
+
+def _weights_source(run_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[str, str]]:
+    """The final weights, or for a run that has not finished (killed, diverged) the weights of
+    its last checkpoint, so that an unfinished run can still be looked at."""
+    if not (run_dir / MODEL_FILE).exists() and (run_dir / CHECKPOINT_FILE).exists():
+        source = run_dir / CHECKPOINT_FILE
+        tensors, metadata = read_safetensors(source)
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise RunFolderError(f"{source} was not written by aelab (format {metadata.get('format')!r})")
+        weights = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
+        return source, weights, metadata
+    source = run_dir / MODEL_FILE
+    tensors, metadata = read_safetensors(source)
+    if metadata.get("format") != MODEL_FORMAT:
+        raise RunFolderError(f"{source} was not written by aelab (format {metadata.get('format')!r})")
+    return source, tensors, metadata
 
 
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
@@ -224,17 +270,20 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # A folder that holds only our lock file (a run refused before it wrote anything) is empty.
+    if run_dir.exists() and any(child.name not in (LOCK_FILE, WRITE_PROBE) for child in run_dir.iterdir()):
         if not overwrite:
             state = read_status(run_dir).get("state")
-            hint = "--resume it" if state in ("running", "diverged") else "choose another --out"
+            hint = (
+                f"continue it with `aelab train --resume {run_dir}`" if state == "running" else "choose another --out"
+            )
             raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
         for child in run_dir.iterdir():
             if child.is_file():
                 child.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".aelab-write-test"
+        probe = run_dir / WRITE_PROBE
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
@@ -242,3 +291,56 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
             f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
         ) from None
     return run_dir
+
+
+# --- crash safety: free space, stale temporaries, one writer at a time
+
+
+def check_free_space(run_dir: Path, needed_bytes: int) -> None:
+    """Refuse to start a run that the disk holding `run_dir` cannot take."""
+    free = shutil.disk_usage(run_dir).free
+    if free < needed_bytes:
+        raise RunFolderError(
+            f"only {free / 1e6:.1f} MB free on the disk holding {run_dir}, and this run writes about "
+            f"{needed_bytes / 1e6:.1f} MB; free some space or choose another --out"
+        )
+
+
+def remove_temporaries(run_dir: Path) -> list[str]:
+    """Delete the temporary files a killed writer left (`.NAME.*.tmp`, the write probe); returns
+    their names."""
+    removed = []
+    for child in Path(run_dir).iterdir():
+        stale = (child.name.startswith(".") and child.name.endswith(".tmp")) or child.name == WRITE_PROBE
+        if stale and child.is_file():
+            child.unlink(missing_ok=True)
+            removed.append(child.name)
+    return removed
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on a run folder while training writes to it. The operating system
+    drops the lock when the process ends, even under SIGKILL, so a killed run never blocks its
+    resume; a run still going in another process is refused."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+        yield
+        return
+    try:
+        handle = open(run_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the whole run
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+        ) from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RunFolderError(
+                f"run folder {run_dir} is being trained by another process right now; wait for it to end"
+            ) from None
+        yield
+    finally:
+        handle.close()

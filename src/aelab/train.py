@@ -1,11 +1,17 @@
 """Training: data held in memory, a seeded permutation per epoch, one checkpoint per epoch.
 
 `train(config, out)` is the whole job behind `aelab train`; `Trainer` holds the state of one
-run (model, optimizer, generators, history) so that it can be checkpointed and resumed.
+run (model, optimizer, generators, history) so that it can be checkpointed and resumed, and
+`resume(run_dir)` continues a killed run from its last checkpoint, bit for bit on CPU.
+
+Divergence: a training loss that is NaN or Inf, or that rises above DIVERGENCE_FACTOR times
+the larger of 1 and the run's first loss, or weights that become NaN or Inf, stop the run
+with a DivergenceError; the checkpoint on disk stays the last good one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,16 +26,25 @@ from tqdm.auto import tqdm
 
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
-from aelab.errors import ConfigError, DataError
+from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
+from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
 from aelab.metrics import reconstruction_metrics
 from aelab.models import Autoencoder, build_model
 from aelab.runs import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
+    CONFIG_FILE,
     atomic_write_bytes,
+    check_free_space,
+    load_config,
+    load_run,
+    load_weights,
     prepare_run_dir,
     read_safetensors,
+    read_status,
+    remove_temporaries,
+    run_lock,
     save_config,
     save_model,
     write_metrics,
@@ -53,6 +68,12 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 }
 
 EVAL_CHUNK = 2048  # images per forward pass when evaluating
+# A training loss above this many times max(1, |first loss|) counts as divergence: learning
+# rates far too high (1e4 on the Keras model) push BCE from 0.69 to 1e4-1e5 within two steps
+# without ever producing a NaN, while no working run climbs that far above where it started.
+DIVERGENCE_FACTOR = 1000.0
+# On an accelerator the step losses are read back this many times per epoch, not every step.
+DIVERGENCE_CHECKS_PER_EPOCH = 8
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,6 +144,8 @@ class Trainer:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_epochs = 0
+        self.reference_loss: float | None = None  # the first step's loss: the divergence yardstick
+        self.last_finite_loss: float | None = None
 
     def _check_fits(self) -> None:
         sample = self.data.val[:1].to(self.device).float()
@@ -157,12 +180,76 @@ class Trainer:
             leave=False,
             disable=not progress,
         )
-        for start in range(0, count, train.batch_size):
-            indices = order[start : start + train.batch_size]
-            total += self.train_step(self.batch(indices)) * indices.shape[0]
-            bar.update(indices.shape[0])
-        bar.close()
+        steps = self.steps_per_epoch
+        step_losses = torch.empty(steps, device=self.device)
+        # CPU: look at every step's loss (cheap). Accelerators: read the losses back a few times
+        # per epoch only, so the device is not synchronised on every step.
+        check_every = 1 if self.device.type == "cpu" else max(1, steps // DIVERGENCE_CHECKS_PER_EPOCH)
+        checked = 0
+        try:
+            for step, start in enumerate(range(0, count, train.batch_size)):
+                indices = order[start : start + train.batch_size]
+                loss = self.train_step(self.batch(indices))
+                step_losses[step] = loss
+                total += loss * indices.shape[0]
+                bar.update(indices.shape[0])
+                if step + 1 - checked >= check_every or step + 1 == steps:
+                    self.check_losses(step_losses[checked : step + 1].tolist(), checked)
+                    checked = step + 1
+        finally:
+            bar.close()
+        self.check_weights()
         return float(total) / count  # one host synchronisation per epoch
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.train_images.shape[0] / self.config.train.batch_size)
+
+    def check_losses(self, losses: list[float], first_index: int) -> None:
+        """Raise DivergenceError at the first of these step losses (this epoch's steps
+        first_index, first_index + 1, ...) that is not finite or has exploded."""
+        for offset, value in enumerate(losses):
+            step = self.epoch * self.steps_per_epoch + first_index + offset + 1
+            if self.reference_loss is None and math.isfinite(value):
+                self.reference_loss = value
+            if not math.isfinite(value):
+                raise self.divergence(step, value, f"the training loss became {value}")
+            limit = DIVERGENCE_FACTOR * max(1.0, abs(self.reference_loss or 0.0))
+            if value > limit:
+                raise self.divergence(
+                    step,
+                    value,
+                    f"the training loss exploded to {value:.4g} (it started at {self.reference_loss:.4g}; "
+                    f"the limit is {limit:.4g})",
+                )
+            self.last_finite_loss = value
+
+    def check_weights(self) -> None:
+        """Raise DivergenceError when any weight is NaN or Inf (one synchronisation)."""
+        finite = torch.stack([p.detach().isfinite().all() for p in self.model.parameters()]).all()
+        if not bool(finite):
+            step = (self.epoch + 1) * self.steps_per_epoch
+            raise self.divergence(step, math.nan, "the weights became NaN or Inf")
+
+    def divergence(self, step: int, loss: float, what: str) -> DivergenceError:
+        """The error for a divergence seen at global step `step` (1-based), its numbers in `.evidence`."""
+        learning_rate = self.config.train.learning_rate
+        error = DivergenceError(
+            f"training diverged at step {step} (epoch {self.epoch + 1}): {what}; lower the learning rate "
+            f"(now {learning_rate:g}, try {learning_rate / 10:g}) or try another loss or activation"
+        )
+        error.evidence = {  # type: ignore[attr-defined]
+            "step": step,
+            "epoch": self.epoch + 1,
+            "steps_per_epoch": self.steps_per_epoch,
+            "learning_rate": learning_rate,
+            "loss": loss if math.isfinite(loss) else str(loss),
+            "first_loss": self.reference_loss,
+            "last_finite_loss": self.last_finite_loss,
+            "limit": DIVERGENCE_FACTOR * max(1.0, abs(self.reference_loss or 0.0)),
+            "last_good_epoch": self.epoch,
+        }
+        return error
 
     def train_step(self, images: torch.Tensor) -> torch.Tensor:
         """One optimisation step on a batch (B, C, H, W) that is both input and target; returns
@@ -241,6 +328,7 @@ class Trainer:
         metadata = {
             "format": CHECKPOINT_FORMAT,
             "config": json.dumps(self.config.to_dict()),
+            "image_shape": json.dumps(list(self.data.image_shape)),
             "epoch": str(self.epoch),
             "param_groups": json.dumps(optimizer_state["param_groups"]),
             "optimizer_scalars": json.dumps(scalars),
@@ -250,6 +338,8 @@ class Trainer:
                     "best_epoch": self.best_epoch,
                     "bad_epochs": self.bad_epochs,
                     "history": self.history,
+                    "reference_loss": self.reference_loss,
+                    "last_finite_loss": self.last_finite_loss,
                 }
             ),
         }
@@ -259,29 +349,70 @@ class Trainer:
         atomic_write_bytes(run_dir / CHECKPOINT_FILE, self.checkpoint_bytes())
 
     def load_checkpoint(self, path: Path) -> None:
+        """Restore the state `save_checkpoint` wrote. A checkpoint that does not belong to this
+        run (other config, missing or mis-shaped tensors, damaged metadata) is a RunFolderError
+        that says why; nothing is unpickled."""
         tensors, metadata = read_safetensors(path)
         if metadata.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} is not an aelab checkpoint")
+            raise RunFolderError(f"{path} is not an aelab checkpoint (format {metadata.get('format')!r})")
+        try:
+            saved_config = json.loads(metadata["config"])
+        except (KeyError, json.JSONDecodeError):
+            raise RunFolderError(f"{path}: its metadata lacks a readable config; the file is damaged") from None
+        if saved_config != self.config.to_dict():
+            changed = sorted(
+                f"{section}.{key}"
+                for section, values in self.config.to_dict().items()
+                for key, value in values.items()
+                if not isinstance(saved_config.get(section), dict) or saved_config[section].get(key) != value
+            )
+            raise RunFolderError(
+                f"{path} was written for another config than this run's {CONFIG_FILE} "
+                f"(differs in {', '.join(changed[:3]) or 'its sections'}); restore {CONFIG_FILE} or start a new run"
+            )
         model_state = {k.removeprefix("model/"): v for k, v in tensors.items() if k.startswith("model/")}
-        self.model.load_state_dict(model_state)
-        best = {k.removeprefix("best/"): v.to(self.device) for k, v in tensors.items() if k.startswith("best/")}
-        self.best_state = best or None
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in tensors.items():
-            if key.startswith("optimizer/"):
-                _, index, name = key.split("/", 2)
-                state.setdefault(int(index), {})[name] = value
-        for index, values in json.loads(metadata["optimizer_scalars"]).items():
-            state.setdefault(int(index), {}).update(values)
-        self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-        self.order_generator.set_state(tensors["rng/order"])
-        self.binarize_generator.set_state(tensors["rng/binarize"].to(self.binarize_generator.device))
-        trainer = json.loads(metadata["trainer"])
-        self.epoch = int(metadata["epoch"])
-        self.best_loss = trainer["best_loss"]
-        self.best_epoch = trainer["best_epoch"]
-        self.bad_epochs = trainer["bad_epochs"]
-        self.history = trainer["history"]
+        load_weights(self.model, model_state, path)
+        best = {k.removeprefix("best/"): v for k, v in tensors.items() if k.startswith("best/")}
+        if best:
+            load_weights(self.model, best, path)  # checks names and shapes; the real weights follow
+            load_weights(self.model, model_state, path)
+        try:
+            state: dict[int, dict[str, Any]] = {}
+            for key, value in tensors.items():
+                if key.startswith("optimizer/"):
+                    _, index, name = key.split("/", 2)
+                    state.setdefault(int(index), {})[name] = value
+            for index, values in json.loads(metadata["optimizer_scalars"]).items():
+                state.setdefault(int(index), {}).update(values)
+            parameters = list(self.model.parameters())
+            for index, values in state.items():
+                for name, value in values.items():
+                    if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameters[index].shape:
+                        raise ValueError(
+                            f"optimizer {name} of parameter {index} has shape {tuple(value.shape)}, "
+                            f"the parameter has {tuple(parameters[index].shape)}"
+                        )
+            self.optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+            self.order_generator.set_state(tensors["rng/order"])
+            self.binarize_generator.set_state(tensors["rng/binarize"].to(self.binarize_generator.device))
+            trainer = json.loads(metadata["trainer"])
+            epoch = int(metadata["epoch"])
+            history = trainer["history"]
+            if not isinstance(history, list) or len(history) != epoch:
+                raise ValueError(f"epoch {epoch} but {len(history)} history rows")
+            self.best_loss = float(trainer["best_loss"])
+            self.best_epoch = int(trainer["best_epoch"])
+            self.bad_epochs = int(trainer["bad_epochs"])
+            self.reference_loss = trainer.get("reference_loss")
+            self.last_finite_loss = trainer.get("last_finite_loss")
+        except KeyError as error:
+            raise RunFolderError(f"{path}: the checkpoint lacks {error}; the file is damaged") from None
+        except (ValueError, TypeError, IndexError, RuntimeError, json.JSONDecodeError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise RunFolderError(f"{path}: the checkpoint does not match this run ({first})") from None
+        self.best_state = {k: v.to(self.device) for k, v in best.items()} or None
+        self.epoch = epoch
+        self.history = history
 
 
 class Callback:
@@ -314,21 +445,102 @@ def train(
     if config.train.threads is not None:
         torch.set_num_threads(config.train.threads)
     run_dir = prepare_run_dir(out, overwrite=overwrite) if out is not None else None
-    if data is None:
-        data = load_dataset(config.data)
-    trainer = Trainer(config, data)
-    if run_dir is not None:
-        save_config(run_dir, config)
-        write_status(run_dir, "running", epochs_done=0)
-    return _train_loop(trainer, run_dir, progress, list(callbacks))
+    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+        if data is None:
+            data = load_dataset(config.data)
+        trainer = Trainer(config, data)
+        if run_dir is not None:
+            check_free_space(run_dir, estimate_run_bytes(trainer))
+            save_config(run_dir, config)
+            write_status(run_dir, "running", epochs_done=0)
+        return _train_loop(trainer, run_dir, progress, list(callbacks))
+
+
+def resume(
+    run_dir: str | Path,
+    *,
+    data: ImageData | None = None,
+    progress: bool = True,
+    callbacks: Iterable[Callback] = (),
+) -> TrainResult:
+    """Continue a run folder from its last checkpoint and finish it, as `train` would have.
+
+    Works on a folder killed at any instant: from the last epoch's checkpoint (weights,
+    optimizer state, data order and binarisation generators, early-stopping state, history),
+    or from scratch with the folder's config.yaml when no checkpoint was written yet. On CPU
+    the final weights are bit-identical to a run that was never interrupted. A finished run is
+    returned as it is, without training; a diverged run raises its DivergenceError again (it
+    would diverge the same way). `data` skips reading the dataset (it must be config.data's).
+    `result.extras["resumed_from_epoch"]` says where training picked up.
+    Raises RunFolderError when the folder has no usable config or its checkpoint does not match.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+    status = read_status(run_dir)
+    if status.get("state") == "finished":
+        run = load_run(run_dir)
+        best_epoch = int(status.get("best_epoch", len(run.history)))
+        stopped_early = bool(status.get("stopped_early", False))
+        extras = {"resumed_from_epoch": len(run.history)}
+        return TrainResult(run.model, run.history, run_dir, best_epoch, stopped_early, extras)
+    if status.get("state") == "diverged":
+        reason = status.get("message") or "its training loss diverged"
+        raise DivergenceError(f"{run_dir} diverged before and would again ({reason})")
+    if not (run_dir / CONFIG_FILE).exists():
+        raise RunFolderError(
+            f"{run_dir} has no {CONFIG_FILE}: it was stopped before training started, or is not a run folder; "
+            f"start it again with `aelab train --out {run_dir} --overwrite` and your options"
+        )
+    try:
+        config = load_config(run_dir)
+        check_config(config)
+    except AelabError as error:
+        raise RunFolderError(
+            f"{run_dir / CONFIG_FILE} does not validate ({error}); fix it or start a new run"
+        ) from None
+    if config.train.threads is not None:
+        torch.set_num_threads(config.train.threads)
+    with run_lock(run_dir):
+        remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
+        if data is None:
+            data = load_dataset(config.data)
+        trainer = Trainer(config, data)
+        if (run_dir / CHECKPOINT_FILE).exists():
+            trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
+        else:
+            check_free_space(run_dir, estimate_run_bytes(trainer))
+        resumed_from = trainer.epoch
+        log.info("resuming %s after epoch %d of %d", run_dir, resumed_from, config.train.epochs)
+        write_metrics(run_dir, trainer.history)  # drop rows written after the checkpoint
+        write_status(run_dir, "running", epochs_done=trainer.epoch)
+        result = _train_loop(trainer, run_dir, progress, list(callbacks))
+    result.extras["resumed_from_epoch"] = resumed_from
+    return result
+
+
+def estimate_run_bytes(trainer: Trainer) -> int:
+    """An upper estimate of the disk space a run folder needs at its peak, in bytes: while a
+    checkpoint is replaced the old and the new one exist side by side."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in trainer.model.state_dict().values())
+    # weights, up to two optimizer moments per weight, the best epoch's weights when early stopping
+    copies = 3 + (1 if trainer.config.train.patience is not None else 0)
+    history_bytes = 512 * trainer.config.train.epochs  # one metrics row per epoch, in two files
+    checkpoint_bytes = copies * weight_bytes + history_bytes
+    return 2 * checkpoint_bytes + weight_bytes + history_bytes + (1 << 16)
 
 
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
     config = trainer.config
+    if run_dir is not None and trainer.epoch == 0:
+        trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
     for callback in callbacks:
         callback.on_train_start(trainer, run_dir)
     while not trainer.should_stop:
-        row = trainer.run_epoch(progress)
+        try:
+            row = trainer.run_epoch(progress)
+        except DivergenceError as error:
+            raise _record_divergence(trainer, run_dir, error) from None
         for callback in callbacks:
             callback.on_epoch_end(trainer, row, run_dir)
         message = (
@@ -339,8 +551,8 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
             tqdm.write(message)
         log.info(message)
         if run_dir is not None:
-            write_metrics(run_dir, trainer.history)
             trainer.save_checkpoint(run_dir)
+            write_metrics(run_dir, trainer.history)
             write_status(run_dir, "running", epochs_done=trainer.epoch)
     stopped_early = trainer.epoch < config.train.epochs
     trainer.restore_best()
@@ -358,3 +570,37 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
     for callback in callbacks:
         callback.on_train_end(trainer, result)
     return result
+
+
+def _record_divergence(trainer: Trainer, run_dir: Path | None, error: DivergenceError) -> DivergenceError:
+    """Mark the run folder diverged and add a "divergence" finding; the checkpoint on disk is
+    left as it is (the last good epoch). Returns the error to raise, naming that checkpoint."""
+    evidence = dict(getattr(error, "evidence", {}))
+    if run_dir is None:
+        return error
+    message = f"{error}; the last good checkpoint (epoch {trainer.epoch}) is kept in {run_dir}"
+
+    def number(value: Any) -> str:
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    explanation = (
+        f"At learning rate {number(evidence.get('learning_rate'))} the training loss went from "
+        f"{number(evidence.get('first_loss'))} at the first step to {number(evidence.get('loss'))} at step "
+        f"{evidence.get('step')} (last finite loss {number(evidence.get('last_finite_loss'))}). Steps that large "
+        "overshoot, so the weights grow until the loss explodes or turns NaN."
+    )
+    finding = Finding(
+        id="divergence",
+        severity="error",
+        title=f"training diverged at step {evidence.get('step')} (epoch {evidence.get('epoch')})",
+        evidence=evidence,
+        explanation=explanation,
+        fix="lower the learning rate (10x is a good first step), or try another loss or activation",
+        epoch=evidence.get("epoch"),
+    )
+    others = [f for f in read_findings(run_dir) if f.id != "divergence"]
+    save_findings(run_dir, [*others, finding])
+    write_status(run_dir, "diverged", epochs_done=trainer.epoch, step=evidence.get("step"), message=str(error))
+    diverged = DivergenceError(message)
+    diverged.evidence = evidence  # type: ignore[attr-defined]
+    return diverged
