@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from aelab import RunConfig, build_model, load_dataset, train
+from aelab import DivergenceError, RunConfig, build_model, load_dataset, train
 from aelab.cli import EXIT_FINDINGS, main
 from aelab.doctor import Doctor, check, check_setup, diagnose_run
 from aelab.doctor.check import probe_targets
@@ -166,17 +166,20 @@ def test_nan_weights_are_an_error_and_nothing_else_is_claimed():
     assert state_ids == ["non-finite"]
 
 
-def test_sgd_blowing_up_is_reported_as_non_finite_during_training():
+def test_sgd_blowing_up_stops_with_divergence_and_keeps_the_doctors_findings(tmp_path):
     cfg = config(
         data={"scale": "none"},
-        model={"output_activation": "linear", "activation": "relu"},
+        # a code wider than the input: a set-up warning the doctor records before training
+        model={"output_activation": "linear", "activation": "relu", "latent_dim": 800},
         train={"optimizer": "sgd", "learning_rate": 10.0, "loss": "mse", "epochs": 2},
     )
     doctor = Doctor()
-    train(cfg, progress=False, callbacks=[doctor])
-    nonfinite = by_id(doctor.findings)["non-finite"]
-    assert nonfinite.severity == "error" and nonfinite.epoch == 1
-    assert "lower the learning rate (now 10)" in nonfinite.fix
+    with pytest.raises(DivergenceError, match="learning rate"):
+        train(cfg, tmp_path / "run", progress=False, callbacks=[doctor])
+    found = by_id(read_findings(tmp_path / "run"))
+    assert found["divergence"].severity == "error" and found["divergence"].epoch == 1
+    # the doctor's pre-training findings were saved before the run diverged, and survive it
+    assert doctor.setup and {f.id for f in doctor.setup} <= set(found)
 
 
 class UserAutoencoder(nn.Module):
