@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import ConfigError, DataError
+from aelab.fast import FastStep, choose_engine, fast_optimizer
 from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
 from aelab.metrics import reconstruction_metrics
 from aelab.models import Autoencoder, build_model
@@ -104,6 +105,12 @@ class Trainer:
         self.model = build_model(config.model, data.image_shape, seed=seed).to(self.device)
         self._check_fits()
         self.optimizer = OPTIMIZERS[config.train.optimizer](self.model.parameters(), config.train)
+        # The fast engine: a hand-written dense step and the optimizer's fused kernel.
+        self.engine = choose_engine(config.train.engine, self.model)
+        self.fast_step: FastStep | None = None
+        if self.engine == "fast":
+            self.optimizer = fast_optimizer(self.optimizer)
+            self.fast_step = FastStep(self.model, config.train.loss)  # type: ignore[arg-type]
         # Separate generators: data order and binarisation draws never disturb each other.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -167,6 +174,10 @@ class Trainer:
     def train_step(self, images: torch.Tensor) -> torch.Tensor:
         """One optimisation step on a batch (B, C, H, W) that is both input and target; returns
         the batch's mean loss as a 0-d tensor, without synchronising with the device."""
+        if self.fast_step is not None:
+            loss = self.fast_step(images)  # writes the gradients into .grad
+            self.optimizer.step()
+            return loss
         loss = loss_per_sample(self.model, self.config.train.loss, self.model(images), images).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,7 +208,10 @@ class Trainer:
 
     def run_epoch(self, progress: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
-        train_loss = self.train_epoch(progress)
+        return self.record_epoch(self.train_epoch(progress), started)
+
+    def record_epoch(self, train_loss: float, started: float) -> dict[str, Any]:
+        """Evaluate, append the epoch's metrics row to the history and track the best epoch."""
         row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.evaluate()}
         row["seconds"] = round(time.perf_counter() - started, 4)
         self.epoch += 1
