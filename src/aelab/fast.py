@@ -20,6 +20,7 @@ layer; losses (M,) the mean loss per member (mean over pixels and images, as
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -186,6 +187,11 @@ def dense_layers(model: DenseAutoencoder) -> list[tuple[torch.Tensor, torch.Tens
     return layers
 
 
+def dense_parameters(model: DenseAutoencoder) -> list[torch.Tensor]:
+    """The model's distinct layer parameters in the order `DenseStep.parameters` stacks them."""
+    return list(dict.fromkeys(p for layer in dense_layers(model) for p in layer[:2]))
+
+
 class DenseStep:
     """Forward and backward for M dense autoencoders of the same layer sizes.
 
@@ -214,7 +220,7 @@ class DenseStep:
         self.members = len(models)
         per_model = [dense_layers(model) for model in models]
         first = per_model[0]
-        params = list(dict.fromkeys(p for layer in first for p in layer[:2]))  # distinct, in order
+        params = dense_parameters(models[0])
         if stacked is None:
             if self.members != 1:
                 raise ValueError("several models need their stacked parameters")
@@ -313,7 +319,7 @@ class FastStep:
 
     def __init__(self, model: DenseAutoencoder, loss: str) -> None:
         self.step = DenseStep([model], [loss])
-        params = list(dict.fromkeys(p for layer in dense_layers(model) for p in layer[:2]))
+        params = dense_parameters(model)
         self.grads = [(p, self.step.gradient(s)[0]) for p, s in zip(params, self.step.parameters, strict=True)]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -321,6 +327,19 @@ class FastStep:
             if param.grad is not grad:  # someone set it to None or replaced it
                 param.grad = grad
         return self.step.gradients(images.reshape(1, images.shape[0], -1))[0]
+
+
+# Below this many input values per step (batch size x pixels x stacked runs) one thread is
+# faster than two: the per-operation cost of waking a second thread outweighs its share of
+# the work. Measured with benchmarks/train_throughput.py --threads-sweep (docs/benchmarks.md).
+ONE_THREAD_BELOW = 64 * 784
+
+
+def choose_threads(step_values: int) -> int:
+    """CPU threads for a step that reads `step_values` input values: one for small steps,
+    else every core this process may use."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if step_values < ONE_THREAD_BELOW else max(1, cores)
 
 
 def choose_engine(engine: str, model: torch.nn.Module) -> str:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import ConfigError, DataError
-from aelab.fast import FastStep, choose_engine, fast_optimizer
+from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer
 from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
 from aelab.metrics import reconstruction_metrics
 from aelab.models import Autoencoder, build_model
@@ -325,11 +325,10 @@ def train(
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
     check_config(config)
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
     run_dir = prepare_run_dir(out, overwrite=overwrite) if out is not None else None
     if data is None:
         data = load_dataset(config.data)
+    set_threads(config, data)
     trainer = Trainer(config, data)
     if run_dir is not None:
         save_config(run_dir, config)
@@ -337,25 +336,49 @@ def train(
     return _train_loop(trainer, run_dir, progress, list(callbacks))
 
 
+def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:
+    """Set torch's CPU threads: `train.threads` when given, else `choose_threads` for the
+    work of one step of `members` stacked runs. Returns the number set."""
+    threads = config.train.threads
+    if threads is None:
+        threads = choose_threads(members * config.train.batch_size * data.num_pixels)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
-    config = trainer.config
     for callback in callbacks:
         callback.on_train_start(trainer, run_dir)
     while not trainer.should_stop:
         row = trainer.run_epoch(progress)
-        for callback in callbacks:
-            callback.on_epoch_end(trainer, row, run_dir)
-        message = (
-            f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
-            f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
-        )
-        if progress:
-            tqdm.write(message)
-        log.info(message)
-        if run_dir is not None:
-            write_metrics(run_dir, trainer.history)
-            trainer.save_checkpoint(run_dir)
-            write_status(run_dir, "running", epochs_done=trainer.epoch)
+        end_epoch(trainer, row, run_dir, progress, callbacks)
+    return finish_run(trainer, run_dir, callbacks)
+
+
+def end_epoch(
+    trainer: Trainer, row: dict[str, Any], run_dir: Path | None, progress: bool, callbacks: list[Callback]
+) -> None:
+    """After an epoch's row is recorded: callbacks, the log line, and the run folder's files."""
+    config = trainer.config
+    for callback in callbacks:
+        callback.on_epoch_end(trainer, row, run_dir)
+    message = (
+        f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
+        f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
+    )
+    if progress:
+        tqdm.write(message)
+    log.info(message)
+    if run_dir is not None:
+        write_metrics(run_dir, trainer.history)
+        trainer.save_checkpoint(run_dir)
+        write_status(run_dir, "running", epochs_done=trainer.epoch)
+
+
+def finish_run(trainer: Trainer, run_dir: Path | None, callbacks: list[Callback]) -> TrainResult:
+    """Keep the best weights, write the model and the finished status, and build the result."""
+    config = trainer.config
     stopped_early = trainer.epoch < config.train.epochs
     trainer.restore_best()
     if run_dir is not None:
