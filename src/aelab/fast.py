@@ -330,16 +330,31 @@ class FastStep:
 
 
 # Below this many input values per step (batch size x pixels x stacked runs) one thread is
-# faster than two: the per-operation cost of waking a second thread outweighs its share of
-# the work. Measured with benchmarks/train_throughput.py --threads-sweep (docs/benchmarks.md).
-ONE_THREAD_BELOW = 64 * 784
+# as fast as two: waking a second thread costs more than its share of the work saves.
+ONE_THREAD_BELOW = 32 * 784
 
 
-def choose_threads(step_values: int) -> int:
+def runnable_elsewhere() -> int:
+    """Tasks other than this one ready to run right now (Linux /proc/loadavg), else 0."""
+    try:
+        with open("/proc/loadavg", encoding="ascii") as file:
+            running = int(file.read().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - 1)
+
+
+def choose_threads(step_values: int, busy: int | None = None) -> int:
     """CPU threads for a step that reads `step_values` input values: one for small steps,
-    else every core this process may use."""
+    else the cores this process may use minus those busy with other work (`busy`, by default
+    read from the system). Torch's threads wait for each other at every operation, so one
+    thread that shares a core with another program stalls them all: on a busy 2-core machine
+    two threads ran 5-25x slower than one (docs/benchmarks.md)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if step_values < ONE_THREAD_BELOW else max(1, cores)
+    if step_values < ONE_THREAD_BELOW:
+        return 1
+    busy = runnable_elsewhere() if busy is None else busy
+    return max(1, cores - busy)
 
 
 def choose_engine(engine: str, model: torch.nn.Module) -> str:
