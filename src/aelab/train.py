@@ -53,7 +53,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adagrad": lambda params, c: torch.optim.Adagrad(params, lr=c.learning_rate, weight_decay=c.weight_decay),
 }
 
-EVAL_CHUNK = 2048  # images per forward pass when evaluating
+EVAL_CHUNK = 512  # images per forward pass and metrics pass when evaluating: bounds the temporaries
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,7 +122,9 @@ class Trainer:
             config.data.threshold,
             torch.Generator(device=self.device).manual_seed(seed + 2),
         )
-        self.val_floor = float(LOSS_FLOORS[config.train.loss](self.val_targets).mean())
+        self.val_floor = _chunked_means(
+            self.val_targets, lambda chunk: {"floor": LOSS_FLOORS[config.train.loss](chunk).mean()}
+        )["floor"]
         self.data_range = max(1.0, float(self.val_targets.max())) if self.val_targets.numel() else 1.0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -197,13 +199,18 @@ class Trainer:
         return torch.cat(pixels), torch.cat(losses)
 
     def evaluate(self) -> dict[str, float]:
-        pixels, losses = self.reconstruct(self.val_targets)
-        val_loss = float(losses.mean())
-        metrics = reconstruction_metrics(pixels, self.val_targets, self.data_range)
+        def chunk_metrics(targets: torch.Tensor) -> dict[str, Any]:
+            pixels, losses = self.reconstruct(targets)
+            return {"loss": losses.mean(), **reconstruction_metrics(pixels, targets, self.data_range)}
+
+        # Metrics are means over images, so chunk means weighted by chunk size give the same
+        # values while the temporaries stay the size of one chunk.
+        means = _chunked_means(self.val_targets, chunk_metrics)
+        val_loss = means.pop("loss")
         return {
             "val_loss": val_loss,
             "val_loss_excess": val_loss - self.val_floor if math.isfinite(self.val_floor) else math.nan,
-            **{f"val_{name}": value for name, value in metrics.items()},
+            **{f"val_{name}": value for name, value in means.items()},
         }
 
     def run_epoch(self, progress: bool = False) -> dict[str, Any]:
@@ -296,6 +303,18 @@ class Trainer:
         self.best_epoch = trainer["best_epoch"]
         self.bad_epochs = trainer["bad_epochs"]
         self.history = trainer["history"]
+
+
+def _chunked_means(images: torch.Tensor, means: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, float]:
+    """`means(chunk)` (a dict of per-chunk means over images) averaged over EVAL_CHUNK-image
+    chunks, weighted by chunk size: the means over all images, with chunk-sized temporaries."""
+    totals: dict[str, float] = {}
+    count = images.shape[0]
+    for start in range(0, count, EVAL_CHUNK):
+        chunk = images[start : start + EVAL_CHUNK]
+        for name, value in means(chunk).items():
+            totals[name] = totals.get(name, 0.0) + float(value) * chunk.shape[0] / count
+    return totals
 
 
 class Callback:
