@@ -6,6 +6,7 @@ loss, compare them on equal footing, and see why a model gives a blob.
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
+from aelab.ensemble import train_ensemble
 from aelab.errors import AelabError, ConfigError, DataError, RunFolderError
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
@@ -37,4 +38,5 @@ __all__ = [
     "load_dataset",
     "load_run",
     "train",
+    "train_ensemble",
 ]
