@@ -191,3 +191,14 @@ def test_ensemble_shares_batches_on_request_and_falls_back_for_other_runs():
     assert strip_seconds(results[2].history) == strip_seconds(own[0].history)
     with pytest.raises(ValueError, match="output folders"):
         train_ensemble(configs, [None])
+
+
+def test_cli_takes_the_engine_and_rejects_an_unknown_one(tmp_path, capsys):
+    from aelab.cli import main
+
+    from .conftest import TINY_FLAGS
+
+    assert main(["train", *TINY_FLAGS, "--engine", "jit", "--out", str(tmp_path / "bad")]) == 2
+    assert "train.engine must be auto, autograd or fast" in capsys.readouterr().err
+    assert main(["train", *TINY_FLAGS, "--engine", "autograd", "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
+    assert load_run(tmp_path / "run").config.train.engine == "autograd"
