@@ -6,6 +6,7 @@ loss, compare them on equal footing, and see why a model gives a blob.
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
+from aelab.ensemble import train_ensemble
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
@@ -39,4 +40,5 @@ __all__ = [
     "load_run",
     "resume",
     "train",
+    "train_ensemble",
 ]

@@ -60,6 +60,7 @@ RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--patience", "train", "patience", int, "stop after N epochs without a better validation loss"),
     ("--device", "train", "device", str, "auto, cpu or cuda"),
     ("--threads", "train", "threads", int, "CPU threads for torch (default: aelab picks)"),
+    ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step); default auto"),
 ]
 
 

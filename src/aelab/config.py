@@ -102,6 +102,8 @@ class TrainConfig:
     patience: stop after this many epochs without a better validation loss (None: never).
     device: "auto" (GPU when there is one), "cpu" or "cuda".
     threads: CPU threads for torch (None: aelab picks).
+    engine: "auto" (the hand-written dense step where it applies, else autograd), "autograd"
+        or "fast" (the hand-written step; an error for models it cannot train).
     """
 
     loss: str = "bce"
@@ -115,6 +117,7 @@ class TrainConfig:
     patience: int | None = None
     device: str = "auto"
     threads: int | None = None
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
@@ -126,6 +129,10 @@ class TrainConfig:
         _check(self.patience is None or self.patience >= 1, f"train.patience must be at least 1, got {self.patience}")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
         _check(self.threads is None or self.threads >= 1, f"train.threads must be at least 1, got {self.threads}")
+        _check(
+            self.engine in ("auto", "autograd", "fast"),
+            f"train.engine must be auto, autograd or fast, got {self.engine!r}",
+        )
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
+from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
 from aelab.metrics import reconstruction_metrics
@@ -67,7 +68,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adagrad": lambda params, c: torch.optim.Adagrad(params, lr=c.learning_rate, weight_decay=c.weight_decay),
 }
 
-EVAL_CHUNK = 2048  # images per forward pass when evaluating
+EVAL_CHUNK = 512  # images per forward pass and metrics pass when evaluating: bounds the temporaries
 # A training loss above this many times max(1, |first loss|) counts as divergence: learning
 # rates far too high (1e4 on the Keras model) push BCE from 0.69 to 1e4-1e5 within two steps
 # without ever producing a NaN, while no working run climbs that far above where it started.
@@ -125,6 +126,12 @@ class Trainer:
         self.model = build_model(config.model, data.image_shape, seed=seed).to(self.device)
         self._check_fits()
         self.optimizer = OPTIMIZERS[config.train.optimizer](self.model.parameters(), config.train)
+        # The fast engine: a hand-written dense step and the optimizer's fused kernel.
+        self.engine = choose_engine(config.train.engine, self.model)
+        self.fast_step: FastStep | None = None
+        if self.engine == "fast":
+            self.optimizer = fast_optimizer(self.optimizer)
+            self.fast_step = FastStep(self.model, config.train.loss)  # type: ignore[arg-type]
         # Separate generators: data order and binarisation draws never disturb each other.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
@@ -136,7 +143,9 @@ class Trainer:
             config.data.threshold,
             torch.Generator(device=self.device).manual_seed(seed + 2),
         )
-        self.val_floor = float(LOSS_FLOORS[config.train.loss](self.val_targets).mean())
+        self.val_floor = _chunked_means(
+            self.val_targets, lambda chunk: {"floor": LOSS_FLOORS[config.train.loss](chunk).mean()}
+        )["floor"]
         self.data_range = max(1.0, float(self.val_targets.max())) if self.val_targets.numel() else 1.0
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -254,6 +263,10 @@ class Trainer:
     def train_step(self, images: torch.Tensor) -> torch.Tensor:
         """One optimisation step on a batch (B, C, H, W) that is both input and target; returns
         the batch's mean loss as a 0-d tensor, without synchronising with the device."""
+        if self.fast_step is not None:
+            loss = self.fast_step(images)  # writes the gradients into .grad
+            self.optimizer.step()
+            return loss
         loss = loss_per_sample(self.model, self.config.train.loss, self.model(images), images).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -273,18 +286,26 @@ class Trainer:
         return torch.cat(pixels), torch.cat(losses)
 
     def evaluate(self) -> dict[str, float]:
-        pixels, losses = self.reconstruct(self.val_targets)
-        val_loss = float(losses.mean())
-        metrics = reconstruction_metrics(pixels, self.val_targets, self.data_range)
+        def chunk_metrics(targets: torch.Tensor) -> dict[str, Any]:
+            pixels, losses = self.reconstruct(targets)
+            return {"loss": losses.mean(), **reconstruction_metrics(pixels, targets, self.data_range)}
+
+        # Metrics are means over images, so chunk means weighted by chunk size give the same
+        # values while the temporaries stay the size of one chunk.
+        means = _chunked_means(self.val_targets, chunk_metrics)
+        val_loss = means.pop("loss")
         return {
             "val_loss": val_loss,
             "val_loss_excess": val_loss - self.val_floor if math.isfinite(self.val_floor) else math.nan,
-            **{f"val_{name}": value for name, value in metrics.items()},
+            **{f"val_{name}": value for name, value in means.items()},
         }
 
     def run_epoch(self, progress: bool = False) -> dict[str, Any]:
         started = time.perf_counter()
-        train_loss = self.train_epoch(progress)
+        return self.record_epoch(self.train_epoch(progress), started)
+
+    def record_epoch(self, train_loss: float, started: float) -> dict[str, Any]:
+        """Evaluate, append the epoch's metrics row to the history and track the best epoch."""
         row: dict[str, Any] = {"epoch": self.epoch + 1, "train_loss": train_loss, **self.evaluate()}
         row["seconds"] = round(time.perf_counter() - started, 4)
         self.epoch += 1
@@ -415,6 +436,18 @@ class Trainer:
         self.history = history
 
 
+def _chunked_means(images: torch.Tensor, means: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, float]:
+    """`means(chunk)` (a dict of per-chunk means over images) averaged over EVAL_CHUNK-image
+    chunks, weighted by chunk size: the means over all images, with chunk-sized temporaries."""
+    totals: dict[str, float] = {}
+    count = images.shape[0]
+    for start in range(0, count, EVAL_CHUNK):
+        chunk = images[start : start + EVAL_CHUNK]
+        for name, value in means(chunk).items():
+            totals[name] = totals.get(name, 0.0) + float(value) * chunk.shape[0] / count
+    return totals
+
+
 class Callback:
     """Hooks into a training run; override what you need. Raising an AelabError stops the run."""
 
@@ -442,12 +475,11 @@ def train(
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
     check_config(config)
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
     run_dir = prepare_run_dir(out, overwrite=overwrite) if out is not None else None
     with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
         if data is None:
             data = load_dataset(config.data)
+        set_threads(config, data)
         trainer = Trainer(config, data)
         if run_dir is not None:
             check_free_space(run_dir, estimate_run_bytes(trainer))
@@ -499,12 +531,11 @@ def resume(
         raise RunFolderError(
             f"{run_dir / CONFIG_FILE} does not validate ({error}); fix it or start a new run"
         ) from None
-    if config.train.threads is not None:
-        torch.set_num_threads(config.train.threads)
     with run_lock(run_dir):
         remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
         if data is None:
             data = load_dataset(config.data)
+        set_threads(config, data)
         trainer = Trainer(config, data)
         if (run_dir / CHECKPOINT_FILE).exists():
             trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
@@ -530,8 +561,18 @@ def estimate_run_bytes(trainer: Trainer) -> int:
     return 2 * checkpoint_bytes + weight_bytes + history_bytes + (1 << 16)
 
 
+def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:
+    """Set torch's CPU threads: `train.threads` when given, else `choose_threads` for the
+    work of one step of `members` stacked runs. Returns the number set."""
+    threads = config.train.threads
+    if threads is None:
+        threads = choose_threads(members * config.train.batch_size * data.num_pixels)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
-    config = trainer.config
     if run_dir is not None and trainer.epoch == 0:
         trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
     for callback in callbacks:
@@ -540,20 +581,35 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
         try:
             row = trainer.run_epoch(progress)
         except DivergenceError as error:
-            raise _record_divergence(trainer, run_dir, error) from None
-        for callback in callbacks:
-            callback.on_epoch_end(trainer, row, run_dir)
-        message = (
-            f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
-            f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
-        )
-        if progress:
-            tqdm.write(message)
-        log.info(message)
-        if run_dir is not None:
-            trainer.save_checkpoint(run_dir)
-            write_metrics(run_dir, trainer.history)
-            write_status(run_dir, "running", epochs_done=trainer.epoch)
+            raise record_divergence(trainer, run_dir, error) from None
+        end_epoch(trainer, row, run_dir, progress, callbacks)
+    return finish_run(trainer, run_dir, callbacks)
+
+
+def end_epoch(
+    trainer: Trainer, row: dict[str, Any], run_dir: Path | None, progress: bool, callbacks: list[Callback]
+) -> None:
+    """After an epoch's row is recorded: callbacks, the log line, and the run folder's files.
+    The checkpoint is written before the metrics, so metrics.jsonl never runs ahead of it."""
+    config = trainer.config
+    for callback in callbacks:
+        callback.on_epoch_end(trainer, row, run_dir)
+    message = (
+        f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
+        f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
+    )
+    if progress:
+        tqdm.write(message)
+    log.info(message)
+    if run_dir is not None:
+        trainer.save_checkpoint(run_dir)
+        write_metrics(run_dir, trainer.history)
+        write_status(run_dir, "running", epochs_done=trainer.epoch)
+
+
+def finish_run(trainer: Trainer, run_dir: Path | None, callbacks: list[Callback]) -> TrainResult:
+    """Keep the best weights, write the model and the finished status, and build the result."""
+    config = trainer.config
     stopped_early = trainer.epoch < config.train.epochs
     trainer.restore_best()
     if run_dir is not None:
@@ -572,7 +628,7 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
     return result
 
 
-def _record_divergence(trainer: Trainer, run_dir: Path | None, error: DivergenceError) -> DivergenceError:
+def record_divergence(trainer: Trainer, run_dir: Path | None, error: DivergenceError) -> DivergenceError:
     """Mark the run folder diverged and add a "divergence" finding; the checkpoint on disk is
     left as it is (the last good epoch). Returns the error to raise, naming that checkpoint."""
     evidence = dict(getattr(error, "evidence", {}))

@@ -1,0 +1,223 @@
+"""Training throughput of one dense autoencoder, side by side in one process.
+
+The sigmoid 784-100-50-100-784 autoencoder with BCE and Adam on the bundled MNIST test images
+(8,000 training images), at batch 64 and 256:
+
+    tutorial    DataLoader(TensorDataset) of float images, nn.BCELoss on sigmoid outputs
+    in-memory   the float images in one tensor, randperm + slicing, BCE with logits
+    aelab-autograd  aelab's Trainer with train.engine=autograd
+    aelab       aelab's Trainer as it runs by default (the fast dense step)
+
+plus two compute limits measured in the same run: the 1.0 MFLOP a sample costs at the rate of
+a 2048x2048 GEMM, and the step's own GEMM shapes timed alone. Variants are interleaved and
+each figure is the median over repeats of one epoch's samples per second, so a busy machine
+slows every variant alike.
+
+    python benchmarks/train_throughput.py            # about 2 minutes
+    python benchmarks/train_throughput.py --quick    # a few seconds, a smoke check
+    python benchmarks/train_throughput.py --threads-sweep   # aelab at 1 vs 2 threads by batch size
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from aelab import ImageData, RunConfig, load_dataset
+from aelab.train import Trainer
+
+DIMS = (784, 100, 50, 100, 784)
+
+
+def classic_model() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(DIMS):
+        layers += [nn.Linear(a, b), nn.Sigmoid()]
+    return nn.Sequential(*layers)
+
+
+def flops_per_sample() -> int:
+    """Forward 2 flops per multiply-add; backward twice the forward."""
+    return 6 * sum(a * b for a, b in itertools.pairwise(DIMS))
+
+
+def tutorial_epoch(images: torch.Tensor, batch_size: int) -> Callable[[], float]:
+    model = classic_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    criterion = nn.BCELoss()
+    loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True)
+
+    def run() -> float:
+        started = time.perf_counter()
+        for (batch,) in loader:
+            loss = criterion(model(batch), batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    return run
+
+
+def in_memory_epoch(images: torch.Tensor, batch_size: int) -> Callable[[], float]:
+    model = classic_model()[:-1]  # logits out
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run() -> float:
+        started = time.perf_counter()
+        order = torch.randperm(images.shape[0])
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[order[start : start + batch_size]]
+            loss = F.binary_cross_entropy_with_logits(model(batch), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return time.perf_counter() - started
+
+    return run
+
+
+def aelab_epoch(config: RunConfig, data: ImageData, engine: str) -> Callable[[], float]:
+    trainer = Trainer(config.replace(train={"engine": engine}), data)
+
+    def run() -> float:
+        started = time.perf_counter()
+        trainer.train_epoch()
+        return time.perf_counter() - started
+
+    return run
+
+
+def time_call(function: Callable[[], object], repeats: int) -> float:
+    """Median seconds of one call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a square float32 matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = torch.empty(size, size)
+    seconds = time_call(lambda: torch.mm(a, b, out=out), repeats)
+    return 2 * size**3 / seconds
+
+
+def step_gemm_seconds(batch_size: int, repeats: int) -> float:
+    """Seconds for the GEMMs of one training step alone: forward, weight gradients, and the
+    input gradients of every layer but the first."""
+    shapes = list(itertools.pairwise(DIMS))
+    weights = [torch.randn(b, a) for a, b in shapes]
+    activations = [torch.randn(batch_size, d) for d in DIMS]
+    grads = [torch.randn(batch_size, b) for _, b in shapes]
+    forward_out = [torch.empty(batch_size, b) for _, b in shapes]
+    weight_out = [torch.empty(b, a) for a, b in shapes]
+    input_out = [torch.empty(batch_size, a) for a, _ in shapes]
+
+    def step() -> None:
+        for i in range(len(shapes)):
+            torch.mm(activations[i], weights[i].t(), out=forward_out[i])
+            torch.mm(grads[i].t(), activations[i], out=weight_out[i])
+            if i > 0:
+                torch.mm(grads[i], weights[i], out=input_out[i])
+
+    def many() -> None:
+        for _ in range(20):
+            step()
+
+    return time_call(many, repeats) / 20
+
+
+def measure(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    config = RunConfig.from_dict(
+        {
+            "data": {"train_limit": args.images, "val_limit": 64},
+            "model": {"hidden_dims": [100], "latent_dim": 50, "activation": "sigmoid"},
+            "train": {"loss": "bce", "optimizer": "adam", "learning_rate": 1e-3, "threads": args.threads},
+        }
+    )
+    data = load_dataset(config.data)
+    floats = data.train.float().mul(data.scale).flatten(1)  # (N, 784) for the float loops
+    count = floats.shape[0]
+    rate = gemm_rate()
+    print(f"torch {torch.__version__}, {args.threads} threads, {count} MNIST images, {args.repeats} repeats (medians)")
+    print(f"2048x2048 GEMM: {rate / 1e9:.0f} GFLOP/s; one sample costs {flops_per_sample() / 1e6:.2f} MFLOP")
+    for batch_size in args.batch_sizes:
+        batch_config = config.replace(train={"batch_size": batch_size})
+        variants = {
+            "tutorial": tutorial_epoch(floats, batch_size),
+            "in-memory": in_memory_epoch(floats, batch_size),
+            "aelab-autograd": aelab_epoch(batch_config, data, "autograd"),
+            "aelab": aelab_epoch(batch_config, data, "auto"),
+        }
+        for run in variants.values():
+            run()  # warm-up
+        seconds: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.repeats):
+            for name, run in variants.items():  # interleaved: load changes hit every variant
+                seconds[name].append(run())
+        speed = {name: count / statistics.median(values) for name, values in seconds.items()}
+        speed["limit: 2048 GEMM rate"] = rate / flops_per_sample()
+        speed["limit: step GEMMs alone"] = batch_size / step_gemm_seconds(batch_size, args.repeats)
+        tutorial = speed["tutorial"]
+        tight = speed["limit: step GEMMs alone"]
+        print(f"\nbatch {batch_size}")
+        print(f"  {'variant':<24} {'samples/s':>10} {'x tutorial':>11} {'of tight limit':>15}")
+        for name, value in speed.items():
+            print(f"  {name:<24} {value:>10,.0f} {value / tutorial:>10.2f}x {value / tight:>14.0%}")
+
+
+def threads_sweep(args: argparse.Namespace) -> None:
+    """aelab's step at 1 and 2 threads for several batch sizes (interleaved medians)."""
+    config = RunConfig.from_dict(
+        {"data": {"train_limit": args.images, "val_limit": 64}, "model": {"hidden_dims": [100], "latent_dim": 50}}
+    )
+    data = load_dataset(config.data)
+    count = data.train.shape[0]
+    print(f"aelab step, 784-100-50-100-784 sigmoid BCE Adam, {count} images, samples/s (median of {args.repeats})")
+    print(f"  {'batch':>6} {'1 thread':>10} {'2 threads':>10} {'2/1':>6}")
+    for batch_size in (8, 16, 32, 64, 128, 256, 512):
+        run = aelab_epoch(config.replace(train={"batch_size": batch_size}), data, "auto")
+        results: dict[int, list[float]] = {1: [], 2: []}
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            run()
+        for _ in range(args.repeats):
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results[threads].append(count / run())
+        one, two = statistics.median(results[1]), statistics.median(results[2])
+        print(f"  {batch_size:>6} {one:>10,.0f} {two:>10,.0f} {two / one:>6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="epochs timed per variant (default 9, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="2,048 images and 3 repeats: a smoke check")
+    parser.add_argument("--threads-sweep", action="store_true", help="aelab at 1 vs 2 threads by batch size")
+    args = parser.parse_args()
+    args.images = 2048 if args.quick else 8000
+    args.repeats = args.repeats or (3 if args.quick else 9)
+    args.batch_sizes = (64, 256)
+    if args.threads_sweep:
+        threads_sweep(args)
+    else:
+        measure(args)
+
+
+if __name__ == "__main__":
+    main()
