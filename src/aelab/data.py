@@ -735,18 +735,21 @@ def _check_npy_header(stream: IO[bytes], size: int, name: str) -> None:
     """Check a .npy header against the bytes that follow it, so that a corrupt header can
     neither allocate a huge array nor unpickle. Leaves `stream` where it started."""
     start = stream.tell()
-    try, _numpy_header_quiet():
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
-        else:  # 2.0 and 3.0 share the layout; 3.0 only allows UTF-8 in field names
-            shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    try:
+        with _numpy_header_quiet():
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            else:  # 2.0 and 3.0 share the layout; 3.0 only allows UTF-8 in field names
+                shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
     except _ARCHIVE_ERRORS as error:
         raise DataError(f"{name}: not a valid .npy file ({_first_line(error)}); save it again with np.save") from None
     if dtype.hasobject:
         raise _pickle_error(name)
     if dtype.kind not in "biuf":
         raise DataError(f"{name}: pixels have dtype {dtype}, not numbers; save the images as uint8 or float")
+    if any(dim < 0 for dim in shape):
+        raise DataError(f"{name}: the header gives a negative shape {shape}; the file is corrupt, save it again")
     expected = math.prod(shape) * dtype.itemsize
     held = size - (stream.tell() - start)
     if held < expected:
@@ -760,7 +763,8 @@ def _check_npy_header(stream: IO[bytes], size: int, name: str) -> None:
 def _read_npy(stream: IO[bytes], size: int, name: str) -> np.ndarray:
     _check_npy_header(stream, size, name)
     try:
-        return np.load(stream, allow_pickle=False)
+        with _numpy_header_quiet():
+            return np.load(stream, allow_pickle=False)
     except _ARCHIVE_ERRORS as error:
         raise DataError(f"{name}: not a valid .npy file ({_first_line(error)}); save it again with np.save") from None
 
@@ -793,7 +797,8 @@ def _read_npz_member(archive: np.lib.npyio.NpzFile, key: str, name: str) -> np.n
     with archive.zip.open(member) as stream:
         _check_npy_header(stream, info.file_size, where)
     try:
-        return archive[key]
+        with _numpy_header_quiet():
+            return archive[key]
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise _pickle_error(where) from None
