@@ -1,7 +1,5 @@
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -53,11 +51,11 @@ def sweep_dir(tmp_path_factory):
             )
         ],
     )
+    assert main(["report", str(out)]) == 0  # re-rendered from the folders alone
     return out
 
 
 def test_report_shows_every_run_flags_the_collapse_in_words_and_shows_findings(sweep_dir):
-    assert main(["report", str(sweep_dir)]) == 0
     html = (sweep_dir / "report.html").read_text()
     assert html.count('<tr class="') == 2  # one summary row per run
     assert "bce · relu" in html and "mse · relu" in html
@@ -124,7 +122,6 @@ def test_report_opens_in_a_real_browser_with_every_image_loaded(sweep_dir, tmp_p
     browser = _chromium()
     if browser is None:
         pytest.skip("no chromium on PATH (.ci/run installs Debian's chromium when it can); browser check not run")
-    main(["report", str(sweep_dir)])
     url = (sweep_dir / "report.html").resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         shot = tmp_path / "shot.png"
@@ -141,28 +138,13 @@ def test_report_opens_in_a_real_browser_with_every_image_loaded(sweep_dir, tmp_p
     assert 'data-images-loaded="6/6"' in dom, dom[-500:]
 
 
-def test_compare_command_end_to_end_and_rerun_skips(tmp_path):
+def test_compare_command_end_to_end_and_rerun_skips(tmp_path, capsys):
     out = tmp_path / "cmp"
-    command = [
-        sys.executable,
-        "-m",
-        "aelab",
-        "compare",
-        *TINY_FLAGS,
-        "--epochs",
-        "1",
-        "--grid",
-        "loss=bce,cb",
-        "--activation",
-        "relu",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "PYTHONWARNINGS": "error"}
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert first.returncode == 0, first.stderr
-    assert "2 runs (0 done before, 0 to resume, 2 to train)" in first.stdout
-    assert f"report: {out / 'report.html'}" in first.stdout
+    argv = ["compare", *TINY_FLAGS, "--epochs", "1", "--grid", "loss=bce,cb", "--activation", "relu", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs (0 done before, 0 to resume, 2 to train)" in printed
+    assert f"results: {out / 'results.csv'}" in printed and f"report: {out / 'report.html'}" in printed
     assert {p.name for p in out.iterdir()} >= {"loss-bce", "loss-cb", "results.csv", "results.json", "report.html"}
-    second = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, check=False)
-    assert second.returncode == 0 and "2 runs (2 done before, 0 to resume, 0 to train)" in second.stdout
+    assert main([*argv, "--no-report"]) == 0
+    assert "2 runs (2 done before, 0 to resume, 0 to train)" in capsys.readouterr().out

@@ -150,7 +150,7 @@ def command_compare(args: argparse.Namespace) -> int:
     result = run_sweep(spec, out, progress=not args.quiet, echo=lambda line: print(line, flush=True))
     print(f"results: {result.out / 'results.csv'}")
     if not args.no_report:
-        print(f"report: {render_report(result.out)}")
+        print(f"report: {render_report(result.out, evaluations=result.evaluations)}")
     return 0
 
 

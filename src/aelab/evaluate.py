@@ -93,10 +93,13 @@ class Evaluation:
             )
         if self.dimmed:
             share = -self.metrics["intensity_bias"] / self.metrics["data_mean"]
-            found.append(
+            text = (
                 f"dims the image: mean output {self.metrics['output_mean']:.3f} against the data's "
                 f"{self.metrics['data_mean']:.3f} ({share:.0%} darker)"
             )
+            if self.config is not None and self.config.train.loss == "mae":
+                text += "; MAE is minimised by each pixel's median, which is black on mostly-black images"
+            found.append(text)
         bad = [k for k in ("mse", "ssim") if k in self.metrics and not math.isfinite(self.metrics[k])]
         if bad:
             found.append(f"non-finite {', '.join(bad)}: the outputs hold NaN or Inf")

@@ -108,12 +108,15 @@ def probe_accuracy(
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
     labels = train_labels.cpu().numpy()
     if len(set(labels.tolist())) < 2:
         return math.nan
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
-    with warnings.catch_warnings():
+    # One BLAS thread: the problem is small, and BLAS threads spinning against torch's own
+    # made the fit 40x slower on 2 cores (1 s instead of 0.03 s for 5,000 codes of 50).
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         # A probe that has not fully converged still measures what it should; collapsed codes
         # (all equal) make the scaler divide by zero, which it handles.
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -120,8 +120,8 @@ def figure_reconstructions(evaluations: Sequence[Evaluation], labels: Sequence[s
         rows.append((label, pixels, evaluation))
     top = max(1.0, float(first.sample_targets.max()))
     margin = 0.3 + 0.085 * max(len(label) for label, _, _ in rows)  # inches for the row labels
-    width = 0.62 * count + margin
-    figure, axes = plt.subplots(len(rows), count, figsize=(width, 0.66 * len(rows) + 0.2), squeeze=False)
+    width = 0.8 * count + margin
+    figure, axes = plt.subplots(len(rows), count, figsize=(width, 0.84 * len(rows) + 0.2), squeeze=False)
     for row, (label, images, evaluation) in enumerate(rows):
         for column in range(count):
             axis = axes[row][column]
@@ -225,7 +225,7 @@ def figure_histograms(evaluations: Sequence[Evaluation], labels: Sequence[str], 
     for axis, (evaluation, label, colour) in zip(axes, shown, strict=True):
         edges = evaluation.histogram_edges
         axis.stairs(evaluation.data_histogram, edges, fill=True, color="#bbb", label="data")
-        axis.stairs(evaluation.histogram, edges, color=colour, lw=1.8, label="output")
+        axis.stairs(evaluation.histogram, edges, baseline=None, color=colour, lw=1.8, label="output")
         axis.set_yscale("log")
         axis.set_ylim(1e-5, 1.5)
         bias = evaluation.metrics.get("intensity_bias", math.nan)
@@ -269,8 +269,8 @@ def figure_codes(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> st
         handles = [
             plt.Line2D([], [], marker="o", ls="", color=plt.get_cmap("tab10")(i), label=str(i)) for i in range(10)
         ]
-        figure.legend(handles=handles, loc="lower center", ncol=10, fontsize=8, frameon=False, title="label")
-        figure.tight_layout(rect=(0, 0.1 / math.ceil(len(shown) / 4), 1, 1))
+        figure.legend(handles=handles, loc="lower center", ncol=10, fontsize=8, frameon=False)
+        figure.tight_layout(rect=(0, 0.07 / math.ceil(len(shown) / 4), 1, 1))
     else:
         figure.tight_layout()
     return _figure_png(figure)
@@ -425,7 +425,15 @@ def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
                 f", against {runner.metric('sharpness'):.0%} for the runner-up, {runner.label}, and "
                 f"{blurriest.metric('sharpness'):.0%} for the blurriest, {blurriest.label}"
             )
-        items.append({"title": f"Sharpest: {top.label}", "text": text + "."})
+        text += "."
+        if top is not best:
+            # Crisp edges in the wrong places are not faithfulness: say what the sharp run costs.
+            text += (
+                f" Crisp is not the same as right: its validation MSE is {top.metric('mse'):.4f}, "
+                f"{top.metric('mse') / best.metric('mse'):.1f}× that of the most faithful run, and its SSIM "
+                f"{top.metric('ssim'):.3f} against {best.metric('ssim'):.3f}."
+            )
+        items.append({"title": f"Sharpest: {top.label}", "text": text})
 
     losses = {}
     for row in usable:
@@ -434,10 +442,17 @@ def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
             losses.setdefault(config.train.loss, []).append(row)
     if len(losses) > 1:
         parts = []
-        for loss, loss_rows in sorted(losses.items(), key=lambda item: min(r.metric("mse") for r in item[1])):
+        ranked = sorted(losses.items(), key=lambda item: min(r.metric("mse") for r in item[1]))
+        lowest = min(r.metric("mse") for r in ranked[0][1])
+        for place, (loss, loss_rows) in enumerate(ranked, start=1):
             top = min(loss_rows, key=lambda row: row.metric("mse"))
-            parts.append(f"{loss} {top.metric('mse'):.4f} ({top.label}, sharpness {top.metric('sharpness'):.2f})")
-        items.append({"title": "By loss, best validation MSE", "text": "; ".join(parts) + ". Lower is more faithful."})
+            ratio = top.metric("mse") / lowest if lowest > 0 else math.nan
+            relative = "" if place == 1 else (f", {ratio:.1f}× the best" if ratio >= 1.5 else f", +{ratio - 1:.0%}")
+            parts.append(
+                f"{place}. {loss}: MSE {top.metric('mse'):.4f}{relative}, sharpness {top.metric('sharpness'):.2f} "
+                f"({top.label})"
+            )
+        items.append({"title": "Losses ranked by their best run's MSE", "text": "; ".join(parts) + "."})
     return items
 
 
@@ -525,6 +540,8 @@ def render_report(
     run_dirs, spec = find_runs(path)
     if evaluations is None:
         evaluations = evaluate_runs(run_dirs)
+    else:
+        run_dirs = [evaluation.run_dir for evaluation in evaluations]
     labels, group_keys = _labels(run_dirs, spec)
     colours = _run_colours(len(evaluations))
     rows = build_rows(evaluations, labels, group_keys)

@@ -324,6 +324,7 @@ class SweepResult:
     out: Path
     points: list[GridPoint]
     rows: list[dict[str, Any]]
+    evaluations: list[Any] = field(default_factory=list)  # aelab.evaluate.Evaluation per point
     trained: list[str] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -384,7 +385,7 @@ def run_sweep(
         say(evaluation.line())
     write_results(out, rows)
     return SweepResult(
-        out, points, rows, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
+        out, points, rows, evaluations, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
     )
 
 
