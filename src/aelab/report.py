@@ -449,10 +449,9 @@ def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
             ratio = top.metric("mse") / lowest if lowest > 0 else math.nan
             relative = "" if place == 1 else (f", {ratio:.1f}× the best" if ratio >= 1.5 else f", +{ratio - 1:.0%}")
             parts.append(
-                f"{place}. {loss}: MSE {top.metric('mse'):.4f}{relative}, sharpness {top.metric('sharpness'):.2f} "
-                f"({top.label})"
+                f"{loss}: MSE {top.metric('mse'):.4f}{relative}, sharpness {top.metric('sharpness'):.2f} ({top.label})"
             )
-        items.append({"title": "Losses ranked by their best run's MSE", "text": "; ".join(parts) + "."})
+        items.append({"title": "Losses ranked by their best run's MSE", "text": "", "lines": parts})
     return items
 
 
@@ -553,7 +552,7 @@ def render_report(
         "version": aelab.__version__,
         "count": len(evaluations),
         "dataset": first.config.data.name if first and first.config else "?",
-        "headline": headline(rows),
+        "headline": [{"text": "", "lines": [], **item} for item in headline(rows)],
         "failures": failures(evaluations, labels),
         "metrics": [{"label": m[1], "best": m[2], "meaning": m[4]} for m in METRICS],
         "rows": table_cells(rows),
