@@ -96,6 +96,12 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         raw[section] = dict(value)
+    apply_run_flags(raw, args)
+    return RunConfig.from_dict(raw)
+
+
+def apply_run_flags(raw: dict[str, Any], args: argparse.Namespace) -> None:
+    """Lay the run-option flags given on the command line over config sections `raw`."""
     for _, section, key, kind, _ in RUN_OPTIONS:
         value = getattr(args, f"opt_{key}")
         if value is not None:
@@ -106,7 +112,6 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
         raw["model"]["tied"] = True
     if raw["data"].get("path") and "name" not in raw["data"]:
         raw["data"]["name"] = "folder" if Path(raw["data"]["path"]).is_dir() else "array"
-    return RunConfig.from_dict(raw)
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -126,25 +131,32 @@ def command_train(args: argparse.Namespace) -> int:
         f"(floor {last['val_bce'] - last['val_bce_excess']:.4f}, excess {last['val_bce_excess']:.4f})"
     )
     print(f"run folder: {result.run_dir}")
-    if doctor.findings:
-        print(f"doctor: {len(doctor.findings)} finding(s); details: aelab doctor {result.run_dir}")
-        for finding in doctor.findings:
+    return finish_train_command(args, result.run_dir, doctor.findings)
+
+
+def finish_train_command(args: argparse.Namespace, run_dir: Path, findings: list[Any]) -> int:
+    """What `aelab train` and `aelab train --resume` do after training: the report, the
+    doctor's findings one line each, and --strict's exit status."""
+    if not args.no_report:
+        from aelab.report import render_report
+
+        print(f"report: {render_report(run_dir)}")
+    if findings:
+        print(f"doctor: {len(findings)} finding(s); details: aelab doctor {run_dir}")
+        for finding in findings:
             print(f"  {finding.line()}")
-    if args.strict and any(finding.severity == "error" for finding in doctor.findings):
+    if args.strict and any(finding.severity == "error" for finding in findings):
         return EXIT_FINDINGS
     return 0
 
 
 def command_doctor(args: argparse.Namespace) -> int:
-    from aelab.doctor import DOCTOR_IDS, diagnose_run
-    from aelab.findings import FINDINGS_FILE, read_findings, save_findings
+    from aelab.findings import FINDINGS_FILE, read_findings
 
     run_dir = Path(args.run_dir)
     saved = read_findings(run_dir)
     if args.recheck or not (run_dir / FINDINGS_FILE).exists():
-        findings = diagnose_run(run_dir)
-        save_findings(run_dir, [f for f in saved if f.id not in DOCTOR_IDS] + findings)
-        saved = read_findings(run_dir)
+        saved = recheck_findings(run_dir)
         print(f"{run_dir}: checked again from the folder (model, config, data)")
     if not saved:
         print(f"{run_dir}: no findings")
@@ -164,6 +176,100 @@ def command_doctor(args: argparse.Namespace) -> int:
 
 def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# --- compare, report, loss (issue 5)
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from aelab.report import render_report
+    from aelab.runs import read_config_file
+    from aelab.sweep import SweepSpec, parse_grid, run_sweep
+
+    raw: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    for section in ("data", "model", "train"):
+        value = raw.get(section) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"sweep file section {section!r} must be a mapping")
+        raw[section] = dict(value)
+    apply_run_flags(raw, args)
+    grid = {**(raw.get("grid") or {}), **parse_grid(args.grid or [])} if args.grid else raw.get("grid")
+    spec = SweepSpec.from_dict({**raw, "grid": grid})
+    out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
+    result = run_sweep(spec, out, progress=not args.quiet, echo=lambda line: print(line, flush=True))
+    print(f"results: {result.out / 'results.csv'}")
+    if not args.no_report:
+        print(f"report: {render_report(result.out, evaluations=result.evaluations)}")
+    return 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from aelab.report import render_report
+
+    print(f"report: {render_report(args.path, args.out)}")
+    return 0
+
+
+def parse_numbers(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated numbers like 0.5,0.3; got {text!r}") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{flag} values must lie in [0, 1] (divide 0..255 pixels by 255); got {text!r}")
+    return values
+
+
+def command_loss(args: argparse.Namespace) -> int:
+    from aelab.loss_curves import format_loss_table, plot_loss_curves
+
+    targets = parse_numbers(args.target, "--target")
+    predictions = parse_numbers(args.pred, "--pred") if args.pred else None
+    if predictions is not None:
+        if len(targets) == 1 and len(predictions) > 1:
+            targets = targets * len(predictions)
+        if len(predictions) != len(targets):
+            raise ConfigError(f"{len(targets)} targets but {len(predictions)} predictions; give as many of each")
+        print(format_loss_table(targets, predictions))
+    if args.plot:
+        plot_loss_curves(targets, args.plot, predictions)
+        print(f"curves: {args.plot}")
+    if predictions is None and not args.plot:
+        raise ConfigError("give --pred to compute the losses, or --plot FILE to draw the curves")
+    return 0
+
+
+def add_compare_commands(commands: Any) -> None:
+    compare = commands.add_parser(
+        "compare",
+        help="train a grid of runs (default: losses bce, mse, mae, cb x activations sigmoid, relu) and report",
+        description="Train one run per grid point into OUT/NAME (finished runs are skipped on a rerun), write "
+        "OUT/results.csv, OUT/results.json and OUT/report.html. Run options and --config set the base config of "
+        "every run; a --config file may also hold `grid: {KEY: [VALUES]}`. An axis of the default grid that "
+        "you fix (--loss mse) is left out of it.",
+    )
+    add_run_options(compare)
+    compare.add_argument(
+        "--grid",
+        nargs="+",
+        metavar="KEY=V,V",
+        help="grid axes, e.g. loss=bce,mse activation=sigmoid,relu lr=1e-2,1e-3 seed=0,1,2 hidden=[100],[128,64]",
+    )
+    compare.add_argument("--out", metavar="DIR", help="sweep folder (default runs/compare-TIME)")
+    compare.add_argument("--no-report", action="store_true", help="skip report.html")
+    compare.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    compare.set_defaults(handler=command_compare)
+
+    report = commands.add_parser("report", help="re-render report.html from a run or sweep folder")
+    report.add_argument("path", metavar="RUN_OR_SWEEP_DIR")
+    report.add_argument("--out", metavar="FILE", help="where to write (default RUN_OR_SWEEP_DIR/report.html)")
+    report.set_defaults(handler=command_report)
+
+    loss = commands.add_parser("loss", help="every loss, its floor and excess for given targets and predictions")
+    loss.add_argument("--target", required=True, help="comma-separated targets in [0, 1], e.g. 0.5,0.3,0.5,0.9")
+    loss.add_argument("--pred", help="comma-separated predictions (pixels; for cb the cb mean), e.g. 0.1,0.3,0.5,0.8")
+    loss.add_argument("--plot", metavar="PNG", help="draw each loss against the prediction for the targets")
+    loss.set_defaults(handler=command_loss)
 
 
 def command_datasets(args: argparse.Namespace) -> int:
@@ -203,7 +309,19 @@ def command_resume(args: argparse.Namespace) -> int:
         f"{last['val_loss']:.4f}, val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f}"
     )
     print(f"run folder: {result.run_dir}")
-    return 0
+    # The doctor's monitors follow a run from its start; for a resumed one, check the result
+    # from the folder alone, as `aelab doctor --recheck` does.
+    return finish_train_command(args, result.run_dir, recheck_findings(result.run_dir))
+
+
+def recheck_findings(run_dir: Path) -> list[Any]:
+    """Run the doctor's checks on a finished run folder and save them beside others' findings."""
+    from aelab.doctor import DOCTOR_IDS, diagnose_run
+    from aelab.findings import read_findings, save_findings
+
+    others = [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
+    save_findings(run_dir, [*others, *diagnose_run(run_dir)])
+    return read_findings(run_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument(
         "--strict", action="store_true", help=f"exit {EXIT_FINDINGS} when the doctor finds an error-level problem"
     )
+    train_parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
     train_parser.set_defaults(handler=command_train)
 
     doctor_parser = commands.add_parser("doctor", help="list what is wrong with a run, why, and what to change")
@@ -238,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
     datasets_parser.set_defaults(handler=command_datasets)
+    add_compare_commands(commands)
     return parser
 
 

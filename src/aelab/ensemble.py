@@ -292,7 +292,14 @@ def _train_locked_group(
                 diverged[m] = record_divergence(trainer, run_dir, error)
                 continue
             trainer.record_epoch(loss, started)
-            end_epoch(trainer, trainer.history[-1], run_dir, progress, callbacks[m])
+            end_epoch(trainer, trainer.history[-1], run_dir, progress, callbacks[m], echo=False)
+        if progress:  # one line per epoch for the whole group
+            rows = [
+                f"{run_dir.name if run_dir is not None else m} "
+                + ("diverged" if diverged[m] is not None else f"{trainers[m].history[-1]['val_loss']:.4f}")
+                for m, run_dir in enumerate(run_dirs)
+            ]
+            tqdm.write(f"epoch {epoch + 1}/{epochs} val loss: {', '.join(rows)}")
     group.release()
     return [
         finish_run(trainer, run_dir, run_callbacks) if error is None else _diverged_result(trainer, run_dir, error)

@@ -148,7 +148,9 @@ def cb_floor(target: torch.Tensor) -> torch.Tensor:
     """Lowest cb NLL on these targets. The density grows without bound as lambda -> 0 or 1, so
     any pixel exactly 0 or 1 makes the floor -inf; otherwise it sits where E[x] = target."""
     inside = (target > 0) & (target < 1)
-    logits = cb_logits_for_mean(target.clamp(1e-6, 1 - 1e-6))
+    # Bisect once per distinct target value (256 for 8-bit images), not once per pixel.
+    values, inverse = torch.unique(target.clamp(1e-6, 1 - 1e-6), return_inverse=True)
+    logits = cb_logits_for_mean(values)[inverse]
     nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none") - cb_log_normalizer(logits)
     nll = torch.where(inside, nll, torch.full_like(nll, -math.inf))
     return _per_sample_mean(nll)

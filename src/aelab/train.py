@@ -587,7 +587,12 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
 
 
 def end_epoch(
-    trainer: Trainer, row: dict[str, Any], run_dir: Path | None, progress: bool, callbacks: list[Callback]
+    trainer: Trainer,
+    row: dict[str, Any],
+    run_dir: Path | None,
+    progress: bool,
+    callbacks: list[Callback],
+    echo: bool = True,
 ) -> None:
     """After an epoch's row is recorded: callbacks, the log line, and the run folder's files.
     The checkpoint is written before the metrics, so metrics.jsonl never runs ahead of it."""
@@ -598,7 +603,7 @@ def end_epoch(
         f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
         f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
     )
-    if progress:
+    if progress and echo:
         tqdm.write(message)
     log.info(message)
     if run_dir is not None:

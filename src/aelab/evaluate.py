@@ -1,0 +1,270 @@
+"""Evaluation of trained run folders on their validation split, on equal footing.
+
+`evaluate_run(run_dir)` rebuilds the model from the folder alone, runs it on the validation
+images with the same code the trainer evaluates with (`Trainer.evaluate`, so the numbers
+match metrics.jsonl), adds the linear-probe accuracy of the codes, and keeps what the report
+draws: a fixed set of reconstructions, the output-intensity histogram and a 2-D PCA view of
+the codes. The pixels are `aelab.train.model_pixels` (the cb mean for cb runs) throughout.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aelab.config import DataConfig, RunConfig
+from aelab.data import ImageData, load_dataset, prepare_batch
+from aelab.errors import AelabError
+from aelab.findings import Finding, read_findings
+from aelab.metrics import probe_accuracy
+from aelab.runs import load_config, load_run, read_metrics, read_status
+
+log = logging.getLogger(__name__)
+
+SAMPLE_COUNT = 10  # validation images shown in the reconstruction grid
+PROBE_TRAIN_LIMIT = 5000  # training codes the linear probe is fitted on
+HISTOGRAM_BINS = 50
+CODE_POINTS = 2000  # validation codes drawn in the PCA view
+
+# Below this blob score a run outputs nearly the same image for every input.
+COLLAPSE_BLOB_SCORE = 0.1
+# Mean output this far below the data's mean (as a share of it) counts as a dimmed image.
+DIM_SHARE = 0.25
+
+
+@dataclass
+class Evaluation:
+    """One run folder, evaluated. `metrics` are validation-split numbers from the final weights;
+    `error` says why there are none (the run never finished, its files are damaged)."""
+
+    run_dir: Path
+    config: RunConfig | None
+    status: dict[str, Any]
+    history: list[dict[str, Any]]
+    findings: list[Finding]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    sample_targets: torch.Tensor | None = None  # (SAMPLE_COUNT, C, H, W)
+    sample_pixels: torch.Tensor | None = None  # (SAMPLE_COUNT, C, H, W), same images
+    histogram: np.ndarray | None = None  # (HISTOGRAM_BINS,) share of output pixels per bin
+    data_histogram: np.ndarray | None = None  # (HISTOGRAM_BINS,) share of target pixels per bin
+    histogram_edges: np.ndarray | None = None  # (HISTOGRAM_BINS + 1,)
+    codes_2d: np.ndarray | None = None  # (M, 2) validation codes projected on their top 2 PCs
+    code_labels: np.ndarray | None = None  # (M,) labels, or None
+    explained: tuple[float, float] | None = None  # variance share of the 2 PCs
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("state", "missing"))
+
+    @property
+    def collapsed(self) -> bool:
+        """Outputs nearly the same image whatever the input (blob score under 0.1)."""
+        score = self.metrics.get("blob_score", math.nan)
+        return math.isfinite(score) and score < COLLAPSE_BLOB_SCORE
+
+    @property
+    def dimmed(self) -> bool:
+        bias, mean = self.metrics.get("intensity_bias", math.nan), self.metrics.get("data_mean", math.nan)
+        return math.isfinite(bias) and math.isfinite(mean) and mean > 0 and bias < -DIM_SHARE * mean
+
+    def problems(self) -> list[str]:
+        """Plain-words failures of this run: not finished, collapsed, dimmed, non-finite."""
+        found = []
+        if self.error:
+            found.append(f"no model to evaluate: {self.error}")
+        elif self.state != "finished":
+            found.append(f"run state is {self.state!r}, not finished")
+        if self.collapsed:
+            found.append(
+                f"collapsed to a constant image: its reconstructions vary {self.metrics['blob_score']:.3f} times as "
+                "much as the data (blob score); it shows about the same picture whatever the input"
+            )
+        if self.dimmed:
+            share = -self.metrics["intensity_bias"] / self.metrics["data_mean"]
+            text = (
+                f"dims the image: mean output {self.metrics['output_mean']:.3f} against the data's "
+                f"{self.metrics['data_mean']:.3f} ({share:.0%} darker)"
+            )
+            if self.config is not None and self.config.train.loss == "mae":
+                text += "; MAE is minimised by each pixel's median, which is black on mostly-black images"
+            found.append(text)
+        bad = [k for k in ("mse", "ssim") if k in self.metrics and not math.isfinite(self.metrics[k])]
+        if bad:
+            found.append(f"non-finite {', '.join(bad)}: the outputs hold NaN or Inf")
+        return found
+
+    def summary(self) -> dict[str, Any]:
+        """One results row: state, epochs, training time, and every metric."""
+        seconds = sum(float(row.get("seconds", 0.0)) for row in self.history)
+        last = self.history[-1] if self.history else {}
+        return {
+            "state": self.state,
+            "epochs_done": len(self.history),
+            "best_epoch": self.status.get("best_epoch"),
+            "train_seconds": round(seconds, 2),
+            "train_loss": last.get("train_loss", math.nan),
+            **self.metrics,
+        }
+
+    def line(self) -> str:
+        """One line for a terminal."""
+        if not self.metrics:
+            return f"{self.name}: {self.state}, {self.error or 'no metrics'}"
+        m = self.metrics
+        text = (
+            f"{self.name}: val mse {m['mse']:.4f}  ssim {m['ssim']:.3f}  blob {m['blob_score']:.2f}  "
+            f"sharpness {m['sharpness']:.2f}  bias {m['intensity_bias']:+.3f}"
+        )
+        if math.isfinite(m.get("probe_accuracy", math.nan)):
+            text += f"  probe {m['probe_accuracy']:.2f}"
+        problems = self.problems()
+        return text + (f"  <- {problems[0].split(':')[0].upper()}" if problems else "")
+
+
+class _DataCache:
+    """Datasets by DataConfig, so a sweep over losses reads its images once."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[DataConfig, ImageData] = {}
+
+    def get(self, config: DataConfig) -> ImageData:
+        if config not in self._loaded:
+            self._loaded[config] = load_dataset(config)
+        return self._loaded[config]
+
+
+def evaluate_run(run_dir: str | Path, data: ImageData | None = None) -> Evaluation:
+    """Evaluate one run folder; never raises for a damaged or unfinished folder (see `error`)."""
+    return _evaluate(Path(run_dir), _DataCache(), data)
+
+
+def evaluate_runs(run_dirs: Sequence[str | Path]) -> list[Evaluation]:
+    """Evaluate several run folders, reading each dataset once."""
+    cache = _DataCache()
+    return [_evaluate(Path(run_dir), cache, None) for run_dir in run_dirs]
+
+
+def _evaluate(run_dir: Path, cache: _DataCache, data: ImageData | None) -> Evaluation:
+    from aelab.train import Trainer, model_pixels
+
+    status, findings = read_status(run_dir), read_findings(run_dir)
+    try:
+        history = read_metrics(run_dir)
+    except AelabError as error:
+        history, status = [], {**status, "error": str(error)}
+    try:
+        config: RunConfig | None = load_config(run_dir)
+    except AelabError:
+        config = None
+    evaluation = Evaluation(run_dir, config, status, history, findings)
+    try:
+        run = load_run(run_dir)
+        data = data or cache.get(run.config.data)
+        trainer = Trainer(run.config.replace(train={"device": "cpu"}), data)
+    except AelabError as error:
+        evaluation.error = str(error)
+        return evaluation
+    evaluation.config = run.config
+    trainer.model.load_state_dict(run.model.state_dict())
+    trainer.model.eval()
+    loss = run.config.train.loss
+
+    targets = trainer.val_targets  # (M, C, H, W), prepared exactly as during training
+    # "val_loss" (the run's own loss) keeps its prefix: a bare "loss" would read as the loss's name.
+    metrics = {
+        key if key.startswith("val_loss") else key.removeprefix("val_"): value
+        for key, value in trainer.evaluate().items()
+    }
+    pixels, _ = trainer.reconstruct(targets)
+    metrics["output_mean"] = float(pixels.mean())
+    metrics["data_mean"] = float(targets.mean())
+    with torch.no_grad():
+        codes = _encode(trainer.model, targets)
+    metrics["probe_accuracy"] = _probe(trainer, data, codes)
+    evaluation.metrics = metrics
+
+    index = _sample_indices(data, SAMPLE_COUNT)
+    evaluation.sample_targets = targets[index].cpu()
+    with torch.no_grad():
+        evaluation.sample_pixels = model_pixels(trainer.model, loss, trainer.model(targets[index])).cpu()
+    top = max(1.0, trainer.data_range)
+    edges = np.linspace(0.0, top, HISTOGRAM_BINS + 1)
+    evaluation.histogram_edges = edges
+    evaluation.histogram = _shares(pixels, edges)
+    evaluation.data_histogram = _shares(targets, edges)
+    shown = codes[:CODE_POINTS]
+    evaluation.codes_2d, evaluation.explained = _pca_2d(shown)
+    if data.val_labels is not None:
+        evaluation.code_labels = data.val_labels[: shown.shape[0]].numpy()
+    return evaluation
+
+
+def _encode(model: torch.nn.Module, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    return torch.cat([model.encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]).cpu()
+
+
+def _probe(trainer: Any, data: ImageData, val_codes: torch.Tensor) -> float:
+    """Linear-probe accuracy of the codes, NaN without labels."""
+    if data.train_labels is None or data.val_labels is None:
+        return math.nan
+    limit = min(PROBE_TRAIN_LIMIT, data.train.shape[0])
+    config = trainer.config.data
+    generator = torch.Generator().manual_seed(trainer.config.train.seed + 3)
+    images = prepare_batch(data.train[:limit], data.scale, config.binarize, config.threshold, generator)
+    with torch.no_grad():
+        train_codes = _encode(trainer.model, images.to(trainer.device))
+    if not (torch.isfinite(train_codes).all() and torch.isfinite(val_codes).all()):
+        return math.nan
+    return probe_accuracy(train_codes, data.train_labels[:limit], val_codes, data.val_labels)
+
+
+def _sample_indices(data: ImageData, count: int) -> torch.Tensor:
+    """The first validation image of each label (digits 0-9 for MNIST), then the next images,
+    so the reconstruction grid shows every class; the first `count` images without labels."""
+    total = data.val.shape[0]
+    if data.val_labels is None:
+        return torch.arange(min(count, total))
+    chosen: list[int] = []
+    for label in torch.unique(data.val_labels).tolist():
+        chosen.append(int((data.val_labels == label).nonzero()[0]))
+        if len(chosen) == count:
+            break
+    chosen.sort()
+    rest = [i for i in range(total) if i not in set(chosen)]
+    return torch.tensor((chosen + rest)[:count])
+
+
+def _shares(values: torch.Tensor, edges: np.ndarray) -> np.ndarray:
+    flat = values.detach().double().cpu().numpy().ravel()
+    flat = np.clip(flat[np.isfinite(flat)], edges[0], edges[-1])
+    counts, _ = np.histogram(flat, bins=edges)
+    return counts / max(1, counts.sum())
+
+
+def _pca_2d(codes: torch.Tensor) -> tuple[np.ndarray, tuple[float, float]]:
+    """(M, 2) projection on the two principal components and their shares of the variance."""
+    array = codes.double().numpy()
+    if not np.isfinite(array).all() or array.shape[0] < 2:
+        return np.zeros((array.shape[0], 2)), (math.nan, math.nan)
+    centred = array - array.mean(axis=0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ vt[:2].T
+    if projected.shape[1] < 2:  # a 1-D code
+        projected = np.hstack([projected, np.zeros((projected.shape[0], 1))])
+    variance = singular**2
+    total = variance.sum()
+    shares = (variance[:2] / total).tolist() if total > 0 else [0.0, 0.0]
+    shares += [0.0] * (2 - len(shares))
+    return projected, (float(shares[0]), float(shares[1]))

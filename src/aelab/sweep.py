@@ -1,0 +1,427 @@
+"""Sweeps: a grid over any RunConfig fields, one run folder per grid point, a results table.
+
+A sweep is a base `RunConfig` and a grid: an ordered mapping from config keys to the values
+to try. Keys are a field's name (`loss`, `activation`, `learning_rate`, `seed`), a dotted
+`section.field` (`train.loss`) or a short alias (`lr`, `hidden`, `latent`, `dataset`). The
+sweep folder holds:
+
+    sweep.yaml      the base config and the grid, so the folder describes itself
+    NAME/           one run folder per grid point, NAME built from the grid values
+    results.csv     one row per run: the grid values, the run's state, every metric
+    results.json    the same rows as JSON
+
+`run_sweep(spec, out)` trains only what is missing: a finished run folder whose config
+matches is kept, a run killed mid-way is resumed (or restarted where this aelab cannot
+resume), and a finished folder is never overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import logging
+import math
+import re
+import time
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from aelab.errors import AelabError, ConfigError, RunFolderError
+from aelab.runs import atomic_write_text, load_config, read_config_file, read_status
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.yaml"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+DONE_STATES = ("finished", "diverged")  # a diverged run would diverge again: keep it as a result
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+ALIASES = {
+    "lr": "train.learning_rate",
+    "hidden": "model.hidden_dims",
+    "latent": "model.latent_dim",
+    "dataset": "data.name",
+    "model": "model.kind",
+}
+_SHORT = {target: alias for alias, target in ALIASES.items() if alias not in ("dataset", "model")}
+
+# `aelab compare` with no grid: the 784-100-50-100-784 autoencoder with a sigmoid output on
+# mnist-10k, four losses times two hidden activations. Adam at 1e-2 for 20 epochs takes the
+# sigmoid bce and mse runs off the blob plateau (at 1e-3 both stay near val MSE 0.066).
+DEFAULT_BASE = RunConfig.from_dict(
+    {
+        "data": {"name": "mnist-10k"},
+        "model": {
+            "kind": "dense",
+            "hidden_dims": [100],
+            "latent_dim": 50,
+            "output_activation": "sigmoid",
+            "init": "glorot_uniform",
+        },
+        "train": {"optimizer": "adam", "learning_rate": 1e-2, "batch_size": 256, "epochs": 20},
+    }
+)
+DEFAULT_GRID: dict[str, tuple[Any, ...]] = {"loss": ("bce", "mse", "mae", "cb"), "activation": ("sigmoid", "relu")}
+
+
+def _field_names(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+
+
+def resolve_key(key: str) -> tuple[str, str]:
+    """(section, field) for a grid key: "loss", "train.loss" or an alias like "lr"."""
+    key = key.strip()
+    target = ALIASES.get(key, key)
+    if "." in target:
+        section, _, name = target.partition(".")
+        if section not in SECTIONS or name not in _field_names(section):
+            raise ConfigError(f"unknown grid key {key!r}; use a field like train.loss or model.activation")
+        return section, name
+    owners = [section for section in SECTIONS if target in _field_names(section)]
+    if not owners:
+        known = sorted({*ALIASES, *(n for s in SECTIONS for n in _field_names(s))})
+        raise ConfigError(f"unknown grid key {key!r}; valid keys: {', '.join(known)}")
+    return owners[0], target
+
+
+def short_key(key: str) -> str:
+    """The name a grid key goes by in folder names and tables: "train.learning_rate" -> "lr"."""
+    section, name = resolve_key(key)
+    return _SHORT.get(f"{section}.{name}", name)
+
+
+def parse_value(key: str, value: Any) -> Any:
+    """A grid value as its config field wants it. Text from the command line ("1e-2", "none",
+    "[128,64]", "100") becomes a number, None or a list; YAML values pass through the same
+    checks (PyYAML reads 1e-2 as text)."""
+    section, name = resolve_key(key)
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    if optional:
+        hint = args[0]
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in ("none", "null"):
+            return None
+        if typing.get_origin(hint) is tuple:
+            if text.lower() in ("none", "[]", ""):
+                return []
+            parsed = yaml.safe_load(text) if text.startswith("[") else text.replace("x", ",").split(",")
+            try:
+                return [int(v) for v in (parsed if isinstance(parsed, list) else [parsed])]
+            except (TypeError, ValueError):
+                raise ConfigError(f"grid key {key}: {value!r} is not a list of integers like 100 or [128,64]") from None
+        if hint is bool:
+            if text.lower() not in ("true", "false"):
+                raise ConfigError(f"grid key {key}: {value!r} is not true or false")
+            return text.lower() == "true"
+        if hint in (int, float):
+            try:
+                return hint(float(text)) if hint is int and float(text).is_integer() else hint(text)
+            except ValueError:
+                kind = "an integer" if hint is int else "a number"
+                raise ConfigError(f"grid key {key}: {value!r} is not {kind}") from None
+        return text
+    if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    return value
+
+
+def split_values(text: str) -> list[str]:
+    """ "bce,mse" -> ["bce", "mse"]; commas inside brackets stay: "[128,64],100" -> ["[128,64]", "100"]."""
+    parts, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return [part.strip() for part in parts if part.strip()]
+
+
+def parse_grid(items: Iterable[str]) -> dict[str, tuple[Any, ...]]:
+    """Command-line grid axes, "loss=bce,mse" "lr=1e-2,1e-3", as an ordered grid."""
+    grid: dict[str, tuple[Any, ...]] = {}
+    for item in items:
+        key, equals, values = item.partition("=")
+        if not equals or not key.strip() or not values.strip():
+            raise ConfigError(f"--grid takes KEY=VALUE,VALUE,... like loss=bce,mse; got {item!r}")
+        grid[key.strip()] = tuple(split_values(values))
+    return grid
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One run of a sweep: its folder name, its grid values by short key, its full config."""
+
+    name: str
+    values: dict[str, Any]
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A base config and an ordered grid of config keys to values."""
+
+    base: RunConfig = DEFAULT_BASE
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
+
+    def __post_init__(self) -> None:
+        seen: dict[tuple[str, str], str] = {}
+        grid: dict[str, tuple[Any, ...]] = {}
+        for key, values in self.grid.items():
+            where = resolve_key(key)
+            if where in seen:
+                raise ConfigError(f"grid keys {seen[where]!r} and {key!r} name the same field; keep one")
+            seen[where] = key
+            values = tuple(values) if isinstance(values, (list, tuple)) else (values,)
+            if not values:
+                raise ConfigError(f"grid key {key!r} has no values")
+            grid[key] = tuple(parse_value(key, v) for v in values)
+        object.__setattr__(self, "grid", grid)
+
+    def points(self) -> list[GridPoint]:
+        """Every combination of grid values, the first key varying slowest. Raises ConfigError
+        for a combination that is not a valid config, before anything trains."""
+        from aelab.train import check_config
+
+        keys = list(self.grid)
+        points, names = [], set()
+        for combination in itertools.product(*(self.grid[key] for key in keys)):
+            changes: dict[str, dict[str, Any]] = {}
+            values: dict[str, Any] = {}
+            for key, value in zip(keys, combination, strict=True):
+                section, name = resolve_key(key)
+                changes.setdefault(section, {})[name] = value
+                values[short_key(key)] = list(value) if isinstance(value, tuple) else value
+            config = self.base.replace(**changes)
+            check_config(config)
+            name = "_".join(f"{_safe(short)}-{_safe(_format_value(v))}" for short, v in values.items()) or "run"
+            if name in names:
+                raise ConfigError(f"two grid points share the folder name {name!r}; make the grid values distinct")
+            names.add(name)
+            points.append(GridPoint(name, values, config))
+        return points
+
+    def to_dict(self) -> dict[str, Any]:
+        grid = {key: [list(v) if isinstance(v, tuple) else v for v in values] for key, values in self.grid.items()}
+        return {**self.base.to_dict(), "grid": grid}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], base: RunConfig = DEFAULT_BASE) -> SweepSpec:
+        """A sweep file's contents: data/model/train sections laid over `base`, and a `grid`."""
+        unknown = sorted(set(raw) - {"data", "model", "train", "grid"})
+        if unknown:
+            raise ConfigError(f"unknown key {unknown[0]!r} in sweep file; valid keys: data, model, train, grid")
+        sections = {}
+        for name in ("data", "model", "train"):
+            section = raw.get(name) or {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"sweep file section {name!r} must be a mapping")
+            sections[name] = section
+        grid = raw.get("grid")
+        if grid is not None and not isinstance(grid, dict):
+            raise ConfigError("sweep file key 'grid' must map config keys to lists of values")
+        spec_base = base.replace(**sections)
+        if grid:
+            return cls(spec_base, dict(grid))
+        # The default grid, less the axes the file or flags fixed ("train: {loss: mse}").
+        fixed = {(section, key) for section, values in sections.items() for key in values}
+        return cls(spec_base, {k: v for k, v in DEFAULT_GRID.items() if resolve_key(k) not in fixed})
+
+
+def load_sweep_file(path: str | Path, base: RunConfig = DEFAULT_BASE) -> SweepSpec:
+    """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`."""
+    return SweepSpec.from_dict(read_config_file(path), base)
+
+
+# --- training: the one place a sweep trains runs.
+
+
+def train_runs(configs: Sequence[RunConfig], outs: Sequence[Path], progress: bool = False) -> list[Any]:
+    """Train each config into its run folder: the one place a sweep trains. Runs with the same
+    layer sizes train stacked (`aelab.ensemble.train_ensemble`), each with its own doctor. A run
+    that diverges is marked "diverged" in its folder and the others still train; its result
+    carries the message in `extras["diverged"]`."""
+    from aelab.doctor import Doctor
+    from aelab.ensemble import train_ensemble
+
+    results = train_ensemble(configs, outs, progress=progress, make_callbacks=lambda: [Doctor()])
+    for out, result in zip(outs, results, strict=True):
+        if "diverged" in result.extras:
+            log.warning("%s: %s", out, result.extras["diverged"])
+    return results
+
+
+def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
+    """Finish a run folder left unfinished (killed mid-run) from its last checkpoint. Its doctor
+    then checks the finished run from the folder alone."""
+    from aelab.doctor import DOCTOR_IDS, diagnose_run
+    from aelab.errors import DivergenceError
+    from aelab.findings import read_findings, save_findings
+    from aelab.train import resume
+
+    try:
+        resume(run_dir, progress=progress)
+    except DivergenceError as error:
+        log.warning("%s: %s", run_dir, error)
+        return
+    others = [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
+    save_findings(run_dir, [*others, *diagnose_run(run_dir)])
+
+
+def _config_difference(wanted: RunConfig, found: RunConfig) -> str:
+    a, b = wanted.to_dict(), found.to_dict()
+    for section in a:
+        for key in a[section]:
+            if a[section][key] != b[section].get(key):
+                return f"{section}.{key} is {b[section].get(key)!r} there, {a[section][key]!r} here"
+    return "they differ"  # pragma: no cover
+
+
+@dataclass
+class SweepResult:
+    """What `run_sweep` did: the sweep folder, its points, the results rows, and the names of
+    the runs it trained, resumed and skipped (finished before)."""
+
+    out: Path
+    points: list[GridPoint]
+    rows: list[dict[str, Any]]
+    evaluations: list[Any] = field(default_factory=list)  # aelab.evaluate.Evaluation per point
+    trained: list[str] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    *,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Train every grid point of `spec` that is not finished yet into `out/NAME`, evaluate all
+    runs on their validation split (`aelab.evaluate.evaluate_run`) and write results.csv and
+    results.json. `echo` receives one line per run as the sweep goes."""
+    from aelab.evaluate import evaluate_runs
+
+    say = echo or (lambda line: None)
+    out = Path(out)
+    points = spec.points()
+    _check_sweep_folder(out, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+
+    fresh, unfinished, skipped = [], [], []
+    for point in points:
+        run_dir = out / point.name
+        if not run_dir.exists() or not any(run_dir.iterdir()):
+            fresh.append(point)
+            continue
+        try:
+            found = load_config(run_dir)
+        except AelabError:
+            found = None
+        if found is not None and found != point.config:
+            raise RunFolderError(
+                f"run folder {run_dir} holds another config ({_config_difference(point.config, found)}); "
+                "choose another --out"
+            )
+        state = read_status(run_dir).get("state")
+        (skipped if state in DONE_STATES else unfinished).append(point)
+    counts = f"{len(skipped)} done before, {len(unfinished)} to resume, {len(fresh)} to train"
+    say(f"sweep {out}: {len(points)} runs ({counts})")
+    for point in unfinished:
+        say(f"resuming {point.name}")
+        _resume_or_restart(point, out / point.name, progress)
+    if fresh:
+        started = time.perf_counter()
+        say(f"training {len(fresh)} runs: {', '.join(p.name for p in fresh)}")
+        train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress)
+        say(f"trained {len(fresh)} runs in {time.perf_counter() - started:.1f} s")
+
+    evaluations = evaluate_runs([out / p.name for p in points])
+    rows = []
+    for point, evaluation in zip(points, evaluations, strict=True):
+        row = {"run": point.name, **point.values, **evaluation.summary()}
+        rows.append(row)
+        say(evaluation.line())
+    write_results(out, rows)
+    return SweepResult(
+        out, points, rows, evaluations, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
+    )
+
+
+def _check_sweep_folder(out: Path, spec: SweepSpec) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out} exists and is not a folder; choose another --out")
+    if (out / "status.json").exists():
+        raise RunFolderError(f"{out} is a run folder, not a sweep folder; choose another --out")
+
+
+def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
+    """results.csv (columns: the union of the rows' keys, in first-seen order; NaN and missing
+    as empty cells) and results.json (NaN as null), both written atomically."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _csv_cell(row.get(key)) for key in columns})
+    atomic_write_text(out / RESULTS_CSV, buffer.getvalue())
+    clean = [{key: _json_value(value) for key, value in row.items()} for row in rows]
+    atomic_write_text(out / RESULTS_JSON, json.dumps(clean, indent=2) + "\n")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (list, tuple)):
+        return "x".join(str(v) for v in value) or "none"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_sweep(out: str | Path) -> SweepSpec | None:
+    """The spec a sweep folder was made with, or None when it has no sweep.yaml."""
+    path = Path(out) / SWEEP_FILE
+    if not path.exists():
+        return None
+    raw = read_config_file(path)
+    return SweepSpec.from_dict(raw, RunConfig())
