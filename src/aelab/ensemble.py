@@ -323,7 +323,8 @@ def _train_epoch(
     orders = torch.stack([torch.randperm(count, generator=t.order_generator) for t in sources]).to(device)
     totals = torch.zeros(len(trainers), device=device)
     step_losses = torch.zeros(math.ceil(count / batch_size), len(trainers), device=device)
-    bar = tqdm(total=count, desc=description, unit="img", leave=False, disable=not progress)
+    # disable=None: no bar when stderr is not a terminal (logs, CI)
+    bar = tqdm(total=count, desc=description, unit="img", leave=False, disable=None if progress else True)
     for start in range(0, count, batch_size):
         indices = orders[:, start : start + batch_size]  # (members or 1, B)
         size = indices.shape[1]

@@ -576,6 +576,7 @@ def render_report(
     }
     template_text = importlib.resources.files("aelab").joinpath("templates", "report.html").read_text("utf-8")
     environment = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    environment.filters["number"] = lambda value: f"{value:.4g}" if isinstance(value, float) else value
     html = environment.from_string(template_text).render(**context)
     target = Path(out) if out is not None else path / REPORT_FILE
     atomic_write_text(target, html)

@@ -136,17 +136,12 @@ class Trainer:
         self.order_generator = torch.Generator().manual_seed(seed)
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.train_images = data.train.to(self.device)
-        self.val_targets = prepare_batch(
-            data.val.to(self.device),
-            data.scale,
-            config.data.binarize,
-            config.data.threshold,
-            torch.Generator(device=self.device).manual_seed(seed + 2),
-        )
-        self.val_floor = _chunked_means(
-            self.val_targets, lambda chunk: {"floor": LOSS_FLOORS[config.train.loss](chunk).mean()}
-        )["floor"]
-        self.data_range = max(1.0, float(self.val_targets.max())) if self.val_targets.numel() else 1.0
+        self.val_stored, self.val_scale = self._validation_targets(seed + 2)
+        self.val_floor = self._chunked_means(lambda chunk: {"floor": LOSS_FLOORS[config.train.loss](chunk).mean()})[
+            "floor"
+        ]
+        stored_max = float(self.val_stored.max()) if self.val_stored.numel() else 1.0
+        self.data_range = max(1.0, stored_max * self.val_scale)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_loss = math.inf
@@ -155,6 +150,45 @@ class Trainer:
         self.bad_epochs = 0
         self.reference_loss: float | None = None  # the first step's loss: the divergence yardstick
         self.last_finite_loss: float | None = None
+
+    def _validation_targets(self, seed: int) -> tuple[torch.Tensor, float]:
+        """The validation targets as (stored, scale), kept in the data's own dtype (uint8 for
+        images that came as uint8) and turned into floats a chunk at a time by `val_batch`.
+        Binarised targets are drawn once, with a fixed seed, so every epoch is scored on the
+        same targets, and kept as uint8 zeros and ones."""
+        val = self.data.val.to(self.device)
+        data = self.config.data
+        if data.binarize == "none":
+            return val, self.data.scale
+        binary = torch.empty(val.shape, dtype=torch.uint8, device=self.device)
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        for start in range(0, val.shape[0], EVAL_CHUNK):
+            chunk = val[start : start + EVAL_CHUNK]
+            binary[start : start + EVAL_CHUNK] = prepare_batch(
+                chunk, self.data.scale, data.binarize, data.threshold, generator
+            ).to(torch.uint8)
+        return binary, 1.0
+
+    def val_batch(self, start: int, end: int) -> torch.Tensor:
+        """Validation targets start:end as float model inputs (B, C, H, W)."""
+        return prepare_batch(self.val_stored[start:end], self.val_scale)
+
+    @property
+    def val_targets(self) -> torch.Tensor:
+        """All validation targets as floats (a full-size copy; evaluation works in chunks)."""
+        return self.val_batch(0, self.val_stored.shape[0])
+
+    def _chunked_means(self, means: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, float]:
+        """`means(chunk)` (a dict of per-chunk means over images) over the validation targets in
+        EVAL_CHUNK-image chunks, weighted by chunk size: the means over all images, with
+        temporaries the size of one chunk."""
+        totals: dict[str, float] = {}
+        count = self.val_stored.shape[0]
+        for start in range(0, count, EVAL_CHUNK):
+            chunk = self.val_batch(start, start + EVAL_CHUNK)
+            for name, value in means(chunk).items():
+                totals[name] = totals.get(name, 0.0) + float(value) * chunk.shape[0] / count
+        return totals
 
     def _check_fits(self) -> None:
         sample = self.data.val[:1].to(self.device).float()
@@ -187,7 +221,7 @@ class Trainer:
             desc=f"epoch {self.epoch + 1}/{train.epochs}",
             unit="img",
             leave=False,
-            disable=not progress,
+            disable=None if progress else True,  # None: no bar when stderr is not a terminal
         )
         steps = self.steps_per_epoch
         step_losses = torch.empty(steps, device=self.device)
@@ -292,7 +326,7 @@ class Trainer:
 
         # Metrics are means over images, so chunk means weighted by chunk size give the same
         # values while the temporaries stay the size of one chunk.
-        means = _chunked_means(self.val_targets, chunk_metrics)
+        means = self._chunked_means(chunk_metrics)
         val_loss = means.pop("loss")
         return {
             "val_loss": val_loss,
@@ -434,18 +468,6 @@ class Trainer:
         self.best_state = {k: v.to(self.device) for k, v in best.items()} or None
         self.epoch = epoch
         self.history = history
-
-
-def _chunked_means(images: torch.Tensor, means: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, float]:
-    """`means(chunk)` (a dict of per-chunk means over images) averaged over EVAL_CHUNK-image
-    chunks, weighted by chunk size: the means over all images, with chunk-sized temporaries."""
-    totals: dict[str, float] = {}
-    count = images.shape[0]
-    for start in range(0, count, EVAL_CHUNK):
-        chunk = images[start : start + EVAL_CHUNK]
-        for name, value in means(chunk).items():
-            totals[name] = totals.get(name, 0.0) + float(value) * chunk.shape[0] / count
-    return totals
 
 
 class Callback:

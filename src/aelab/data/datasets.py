@@ -168,7 +168,7 @@ def prepare_batch(
     """
     if binarize not in BINARIZE_MODES:
         raise DataError(f"binarize must be one of {', '.join(BINARIZE_MODES)}, got {binarize!r}")
-    inputs = stored.float() * scale
+    inputs = stored.to(torch.float32, copy=True).mul_(scale)  # one allocation, `stored` untouched
     if binarize == "threshold":
         return (inputs > threshold).float()
     if binarize == "bernoulli":

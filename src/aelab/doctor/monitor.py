@@ -518,7 +518,7 @@ class Doctor(Callback):
 
     def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
         self._subject = Subject(trainer.model, trainer.config.train.loss)
-        self._probe = trainer.val_targets[:PROBE_IMAGES]
+        self._probe = trainer.val_batch(0, PROBE_IMAGES)
         self._baseline = baseline(self._probe, trainer.config.train.loss)
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
