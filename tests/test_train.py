@@ -139,3 +139,19 @@ def test_cb_model_pixels_are_the_cb_mean(tiny_config):
     result = train(config, progress=False)
     logits = result.model(torch.rand(3, 1, 28, 28))
     assert torch.allclose(model_pixels(result.model, "cb", logits), cb_mean(logits))
+
+
+def test_chunked_evaluation_equals_the_metrics_of_the_whole_set(tiny_config):
+    from aelab.metrics import reconstruction_metrics
+    from aelab.train import EVAL_CHUNK, model_pixels
+
+    config = tiny_config.replace(data={"val_limit": 2 * EVAL_CHUNK + 100})  # three chunks, the last short
+    trainer = Trainer(config, load_dataset(config.data))
+    trainer.run_epoch()
+    row = trainer.history[-1]
+    targets = trainer.val_targets
+    with torch.no_grad():
+        pixels = model_pixels(trainer.model, config.train.loss, trainer.model(targets))
+    whole = reconstruction_metrics(pixels, targets)
+    for name in ("mse", "ssim", "psnr", "intensity_bias", "blob_score", "sharpness"):
+        assert row[f"val_{name}"] == pytest.approx(whole[name], rel=1e-5, abs=1e-7), name

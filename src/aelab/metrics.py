@@ -64,20 +64,6 @@ def intensity_bias(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return pixels.flatten(1).mean(dim=1) - target.flatten(1).mean(dim=1)
 
 
-def blob_score(pixels: torch.Tensor, target: torch.Tensor) -> float:
-    """How much the reconstructions vary from image to image, relative to the data: the
-    per-pixel variance across images, summed over pixels, of `pixels` divided by that of
-    `target`. 0 for a model that outputs the same image whatever the input (a blob); about 1
-    when the reconstructions vary as much as the images do; a linear projection onto k
-    directions scores the share of variance those k directions explain. NaN when the targets
-    do not vary (fewer than two images, or identical images)."""
-    if pixels.shape[0] < 2:
-        return math.nan
-    spread = pixels.flatten(1).double().var(dim=0).sum()
-    data_spread = target.flatten(1).double().var(dim=0).sum()
-    return float(spread / data_spread) if data_spread > 0 else math.nan
-
-
 def edge_energy(images: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between neighbouring pixels (down and across), per image (B,)."""
     down = (images[..., 1:, :] - images[..., :-1, :]).square().flatten(1).mean(dim=1)
@@ -85,12 +71,77 @@ def edge_energy(images: torch.Tensor) -> torch.Tensor:
     return down + across
 
 
+class SetStatistics:
+    """The metrics that describe a whole set of images rather than one image at a time: blob
+    score and sharpness are ratios of sums over the set, so they cannot be averaged over
+    chunks. Feed every chunk to `update`, then read `blob_score` and `sharpness`; the result
+    is the same as for the whole set in one piece (up to float64 rounding). Per-pixel
+    variances are merged chunk by chunk as in Chan, Golub & LeVeque (1979), so a constant
+    output scores exactly 0."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.means: dict[str, torch.Tensor] = {}  # per-pixel means so far, (D,) float64
+        self.squares: dict[str, torch.Tensor] = {}  # per-pixel sums of squared deviations, (D,)
+        self.edges: dict[str, float] = {"pixels": 0.0, "target": 0.0}
+        self.has_edges = True
+
+    def update(self, pixels: torch.Tensor, target: torch.Tensor) -> None:
+        added = pixels.shape[0]
+        if added == 0:
+            return
+        total = self.count + added
+        for name, images in (("pixels", pixels), ("target", target)):
+            flat = images.flatten(1).double()
+            mean = flat.mean(0)
+            squares = (flat - mean).square().sum(0)
+            if self.count:
+                delta = mean - self.means[name]
+                self.squares[name] = self.squares[name] + squares + delta.square() * (self.count * added / total)
+                self.means[name] = self.means[name] + delta * (added / total)
+            else:
+                self.means[name], self.squares[name] = mean, squares
+            if images.ndim == 4:
+                self.edges[name] += float(edge_energy(images).sum(dtype=torch.float64))
+        self.has_edges = self.has_edges and pixels.ndim == 4
+        self.count = total
+
+    def _spread(self, name: str) -> float:
+        # per-pixel sample variance across images, summed over pixels
+        return float(self.squares[name].sum()) / (self.count - 1)
+
+    def blob_score(self) -> float:
+        """How much the reconstructions vary from image to image, relative to the data: the
+        per-pixel variance across images, summed over pixels, of the reconstructions divided by
+        that of the targets. 0 for a model that outputs the same image whatever the input (a
+        blob); about 1 when the reconstructions vary as much as the images do; a linear
+        projection onto k directions scores the share of variance those k directions explain.
+        NaN when the targets do not vary (fewer than two images, or identical images)."""
+        if self.count < 2:
+            return math.nan
+        data_spread = self._spread("target")
+        return self._spread("pixels") / data_spread if data_spread > 0 else math.nan
+
+    def sharpness(self) -> float:
+        """Edge energy of the reconstructions over that of the targets (means over images): 1
+        means edges as crisp as the data's, below 1 blurred, above 1 noisier than the data. NaN
+        when the targets have no edges at all, or are not (B, C, H, W) images."""
+        data = self.edges["target"]
+        return self.edges["pixels"] / data if self.has_edges and data > 0 else math.nan
+
+
+def blob_score(pixels: torch.Tensor, target: torch.Tensor) -> float:
+    """`SetStatistics.blob_score` of one set given in one piece."""
+    statistics = SetStatistics()
+    statistics.update(pixels, target)
+    return statistics.blob_score()
+
+
 def sharpness(pixels: torch.Tensor, target: torch.Tensor) -> float:
-    """Edge energy of the reconstructions over that of the targets (means over images): 1 means
-    edges as crisp as the data's, below 1 blurred, above 1 noisier than the data. NaN when the
-    targets have no edges at all."""
-    data = float(edge_energy(target.double()).mean())
-    return float(edge_energy(pixels.double()).mean()) / data if data > 0 else math.nan
+    """`SetStatistics.sharpness` of one set given in one piece."""
+    statistics = SetStatistics()
+    statistics.update(pixels, target)
+    return statistics.sharpness()
 
 
 def probe_accuracy(
@@ -125,10 +176,11 @@ def probe_accuracy(
         return float(probe.score(val_codes.double().cpu().numpy(), val_labels.cpu().numpy()))
 
 
-def reconstruction_metrics(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> dict[str, float]:
-    """Mean over images of MSE, MAE, BCE (pixels clipped as Keras does), BCE excess over the
-    targets' entropy floor, continuous-Bernoulli NLL, PSNR, SSIM and intensity bias; plus the
-    set's blob score and sharpness. SSIM needs (B, C, H, W) images; it is NaN otherwise."""
+def image_metrics(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> dict[str, float]:
+    """Means over images of the per-image metrics: MSE, MAE, BCE (pixels clipped as Keras
+    does), BCE excess over the targets' entropy floor, continuous-Bernoulli NLL, PSNR, SSIM and
+    intensity bias. Means of chunks weighted by their sizes give the means of the whole set.
+    SSIM needs (B, C, H, W) images; it is NaN otherwise."""
     bce_values = bce(pixels, target, from_logits=False)
     floor = bce_floor(target)
     return {
@@ -140,6 +192,15 @@ def reconstruction_metrics(pixels: torch.Tensor, target: torch.Tensor, data_rang
         "psnr": float(psnr(pixels, target, data_range).mean()),
         "ssim": float(ssim(pixels, target, data_range).mean()) if pixels.ndim == 4 else math.nan,
         "intensity_bias": float(intensity_bias(pixels, target).mean()),
-        "blob_score": blob_score(pixels, target),
-        "sharpness": sharpness(pixels, target) if pixels.ndim == 4 else math.nan,
+    }
+
+
+def reconstruction_metrics(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> dict[str, float]:
+    """`image_metrics` plus the set's blob score and sharpness, for a set given in one piece."""
+    statistics = SetStatistics()
+    statistics.update(pixels, target)
+    return {
+        **image_metrics(pixels, target, data_range),
+        "blob_score": statistics.blob_score(),
+        "sharpness": statistics.sharpness(),
     }

@@ -30,7 +30,7 @@ from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, Ru
 from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
-from aelab.metrics import reconstruction_metrics
+from aelab.metrics import SetStatistics, image_metrics
 from aelab.models import Autoencoder, build_model
 from aelab.runs import (
     CHECKPOINT_FILE,
@@ -320,13 +320,18 @@ class Trainer:
         return torch.cat(pixels), torch.cat(losses)
 
     def evaluate(self) -> dict[str, float]:
+        statistics = SetStatistics()
+
         def chunk_metrics(targets: torch.Tensor) -> dict[str, Any]:
             pixels, losses = self.reconstruct(targets)
-            return {"loss": losses.mean(), **reconstruction_metrics(pixels, targets, self.data_range)}
+            statistics.update(pixels, targets)
+            return {"loss": losses.mean(), **image_metrics(pixels, targets, self.data_range)}
 
-        # Metrics are means over images, so chunk means weighted by chunk size give the same
-        # values while the temporaries stay the size of one chunk.
+        # Per-image metrics are means over images, so chunk means weighted by chunk size give
+        # the same values while the temporaries stay the size of one chunk; the set-level
+        # ratios (blob score, sharpness) come from sums accumulated over the chunks.
         means = self._chunked_means(chunk_metrics)
+        means.update(blob_score=statistics.blob_score(), sharpness=statistics.sharpness())
         val_loss = means.pop("loss")
         return {
             "val_loss": val_loss,
