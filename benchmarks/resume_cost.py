@@ -78,7 +78,8 @@ def main() -> None:
 
         in_process = killed_then(lambda: resume(run, data=data, progress=False))
         in_process_with_data = killed_then(lambda: resume(run, progress=False))
-        command = [sys.executable, "-m", "aelab", "train", "--resume", str(run), "--quiet"]
+        # --no-report: rendering the report is not part of resuming (the doctor's recheck still runs)
+        command = [sys.executable, "-m", "aelab", "train", "--resume", str(run), "--quiet", "--no-report"]
         command_line = killed_then(lambda: subprocess.run(command, check=True, capture_output=True))
         startup = killed_then(lambda: subprocess.run([sys.executable, "-c", "import aelab"], check=True))
 
