@@ -85,19 +85,26 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tied", action="store_true", default=None, help="dense decoder reuses encoder weights")
 
 
-def run_config_from_args(args: argparse.Namespace) -> Any:
-    """The RunConfig a command line describes: the --config file, then each flag given."""
-    from aelab.config import RunConfig
+def raw_config_from_args(args: argparse.Namespace, kind: str = "config") -> dict[str, Any]:
+    """The --config file's contents (sections data, model, train as dicts, and whatever else
+    the file holds), with every run-option flag given on the command line laid over them."""
     from aelab.runs import read_config_file
 
     raw: dict[str, Any] = read_config_file(args.config) if args.config else {}
     for section in ("data", "model", "train"):
         value = raw.get(section) or {}
         if not isinstance(value, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
+            raise ConfigError(f"{kind} section {section!r} must be a mapping")
         raw[section] = dict(value)
     apply_run_flags(raw, args)
-    return RunConfig.from_dict(raw)
+    return raw
+
+
+def run_config_from_args(args: argparse.Namespace) -> Any:
+    """The RunConfig a command line describes: the --config file, then each flag given."""
+    from aelab.config import RunConfig
+
+    return RunConfig.from_dict(raw_config_from_args(args))
 
 
 def apply_run_flags(raw: dict[str, Any], args: argparse.Namespace) -> None:
@@ -183,16 +190,9 @@ def _show(value: Any) -> str:
 
 def command_compare(args: argparse.Namespace) -> int:
     from aelab.report import render_report
-    from aelab.runs import read_config_file
     from aelab.sweep import SweepSpec, parse_grid, run_sweep
 
-    raw: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    for section in ("data", "model", "train"):
-        value = raw.get(section) or {}
-        if not isinstance(value, dict):
-            raise ConfigError(f"sweep file section {section!r} must be a mapping")
-        raw[section] = dict(value)
-    apply_run_flags(raw, args)
+    raw = raw_config_from_args(args, kind="sweep file")
     grid = {**(raw.get("grid") or {}), **parse_grid(args.grid or [])} if args.grid else raw.get("grid")
     spec = SweepSpec.from_dict({**raw, "grid": grid})
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
