@@ -221,6 +221,8 @@ def test_a_diverging_member_is_marked_diverged_and_the_others_finish(tmp_path):
         assert "divergence" in {finding.id for finding in read_findings(out)}
         assert not (out / "model.safetensors").exists()
         assert (out / "checkpoint.safetensors").exists()  # the last good state is kept
+        # the result holds the last good weights, not the diverged ones
+        assert all(torch.isfinite(p).all() for p in result.model.parameters())
 
 
 def test_cli_takes_the_engine_and_rejects_an_unknown_one(tmp_path, capsys):

@@ -34,7 +34,7 @@ from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import DivergenceError
 from aelab.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem
 from aelab.models import DenseAutoencoder
-from aelab.runs import check_free_space, prepare_run_dir, run_lock, save_config, write_status
+from aelab.runs import check_free_space, load_run, prepare_run_dir, run_lock, save_config, write_status
 from aelab.train import (
     Callback,
     Trainer,
@@ -140,17 +140,20 @@ def train_ensemble(
                 callbacks=callbacks_for_run(),
             )  # fmt: skip
         except DivergenceError as error:
-            results[index] = _diverged_result(None, outs[index], error)
+            results[index] = _diverged_result(outs[index], error)
     return [result for result in results if result is not None]
 
 
-def _diverged_result(trainer: Trainer | None, out: str | Path | None, error: DivergenceError) -> TrainResult:
-    """The result standing for a run that diverged (its folder already says so)."""
-    run_dir = Path(out) if out is not None else None
-    if trainer is None:
-        return TrainResult(None, [], run_dir, 0, extras={"diverged": str(error)})  # type: ignore[arg-type]
-    trainer.model.eval()
-    return TrainResult(trainer.model, trainer.history, run_dir, trainer.best_epoch, extras={"diverged": str(error)})
+def _diverged_result(out: str | Path | None, error: DivergenceError) -> TrainResult:
+    """The result standing for a run that diverged (its folder already says so): the model and
+    history of its last good checkpoint when it has a folder, else no model."""
+    extras = {"diverged": str(error)}
+    if out is None:
+        return TrainResult(None, [], None, 0, extras=extras)  # type: ignore[arg-type]
+    run = load_run(out)  # an unfinished run loads from its last checkpoint
+    losses = [row["val_loss"] for row in run.history]
+    best_epoch = losses.index(min(losses)) + 1 if losses else 0
+    return TrainResult(run.model, run.history, Path(out), best_epoch, extras=extras)
 
 
 def _member_order_key(trainer: Trainer) -> tuple[Any, ...]:
@@ -302,7 +305,7 @@ def _train_locked_group(
             tqdm.write(f"epoch {epoch + 1}/{epochs} val loss: {', '.join(rows)}")
     group.release()
     return [
-        finish_run(trainer, run_dir, run_callbacks) if error is None else _diverged_result(trainer, run_dir, error)
+        finish_run(trainer, run_dir, run_callbacks) if error is None else _diverged_result(run_dir, error)
         for trainer, run_dir, run_callbacks, error in zip(trainers, run_dirs, callbacks, diverged, strict=True)
     ]
 
