@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from aelab.config import RunConfig
@@ -17,3 +19,13 @@ TINY_FLAGS = [
 @pytest.fixture
 def tiny_config() -> RunConfig:
     return RunConfig.from_dict(TINY)
+
+
+class MakesMarker:
+    """Unpickling this creates the folder `path`: proof that something unpickled it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))

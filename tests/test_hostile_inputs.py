@@ -17,17 +17,9 @@ from PIL import Image
 
 from aelab.cli import main
 
+from .conftest import MakesMarker
+
 FLAGS = ["--epochs", "1", "--batch-size", "4", "--hidden", "4", "--latent", "2", "--threads", "1", "--quiet"]
-
-
-class MakesMarker:
-    """Unpickling this creates the folder `path`: proof that something unpickled it."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 def idx(array):

@@ -1,7 +1,6 @@
 """Opening someone else's run folder cannot run code, and a folder whose files do not match is
 refused with the reason."""
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -18,21 +17,13 @@ from aelab.errors import RunFolderError
 from aelab.runs import read_safetensors
 from aelab.train import Callback
 
+from .conftest import MakesMarker
+
 TINY = {
     "data": {"train_limit": 64, "val_limit": 16},
     "model": {"hidden_dims": [6], "latent_dim": 2},
     "train": {"epochs": 3, "batch_size": 32, "learning_rate": 0.01, "threads": 1},
 }
-
-
-class MakesMarker:
-    """Unpickling this creates the folder `path`."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.mkdir, (self.path,))
 
 
 class Stop(Exception):

@@ -189,14 +189,8 @@ def probe_forward(
             pinned[module] = every if module not in pinned else pinned[module] & every
 
     handles = [module.register_forward_hook(hook) for module in watched]
-    pixels, losses = [], []
     try:
-        with eval_mode(subject.model):
-            for start in range(0, images.shape[0], CHUNK):
-                chunk = images[start : start + CHUNK]
-                output, from_logits = subject.loss_input(chunk)
-                losses.append(get_loss(subject.loss)(output, chunk, from_logits))
-                pixels.append(expected_pixels(subject.loss, output, from_logits))
+        pixels, losses = subject.reconstruct(images)  # the hooks gather the statistics on the way
     finally:
         for handle in handles:
             handle.remove()
@@ -211,7 +205,7 @@ def probe_forward(
             entry.saturated_share = near / seen
             entry.pinned_units = int(pinned[module].sum())
         stats.append(entry)
-    return torch.cat(pixels), torch.cat(losses), stats
+    return pixels, losses, stats
 
 
 def weight_norms(model: nn.Module) -> dict[str, float]:
