@@ -68,7 +68,7 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adagrad": lambda params, c: torch.optim.Adagrad(params, lr=c.learning_rate, weight_decay=c.weight_decay),
 }
 
-EVAL_CHUNK = 512  # images per forward pass and metrics pass when evaluating: bounds the temporaries
+EVAL_CHUNK = 256  # images per forward pass and metrics pass when evaluating: bounds the temporaries
 # A training loss above this many times max(1, |first loss|) counts as divergence: learning
 # rates far too high (1e4 on the Keras model) push BCE from 0.69 to 1e4-1e5 within two steps
 # without ever producing a NaN, while no working run climbs that far above where it started.
