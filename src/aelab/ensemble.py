@@ -336,7 +336,10 @@ def _train_epoch(
             images = torch.stack([t.batch(rows[m]) for m, t in enumerate(trainers)])
         else:
             images = prepare_batch(
-                lead.train_images[indices.reshape(-1)], lead.data.scale, data_config.binarize, data_config.threshold
+                lead.train_images.index_select(0, indices.reshape(-1)),
+                lead.data.scale,
+                data_config.binarize,
+                data_config.threshold,
             ).view(indices.shape[0], size, *lead.data.image_shape)
         x = images.reshape(images.shape[0], size, -1).expand(len(trainers), -1, -1)  # (M, B, D)
         losses = group.step.gradients(x)

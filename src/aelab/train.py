@@ -206,7 +206,12 @@ class Trainer:
     def batch(self, indices: torch.Tensor) -> torch.Tensor:
         data = self.config.data
         return prepare_batch(
-            self.train_images[indices], self.data.scale, data.binarize, data.threshold, self.binarize_generator
+            # index_select: a dozen times faster than advanced indexing for a batch of uint8 rows
+            self.train_images.index_select(0, indices),
+            self.data.scale,
+            data.binarize,
+            data.threshold,
+            self.binarize_generator,
         )
 
     def train_epoch(self, progress: bool = False) -> float:
