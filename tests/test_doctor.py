@@ -251,3 +251,14 @@ def test_doctor_on_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["doctor", str(tmp_path / "nothing")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("aelab: error: ") and error.count("\n") == 1
+
+
+def test_a_resumed_run_is_checked_again_from_its_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_FLAGS, "--no-report", "--out", str(out)]) == 0
+    save_findings(out, [Finding("divergence", "error", "kept from before", epoch=1)])
+    assert main(["train", "--resume", str(out), "--quiet", "--no-report"]) == 0
+    found = {f.id for f in read_findings(out)}
+    assert "divergence" in found  # others' findings stay
+    assert "bce-floor" in found  # the doctor's, measured again from the folder
+    assert "details: aelab doctor" in capsys.readouterr().out

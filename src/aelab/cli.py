@@ -158,12 +158,13 @@ def finish_train_command(args: argparse.Namespace, run_dir: Path, findings: list
 
 
 def command_doctor(args: argparse.Namespace) -> int:
+    from aelab.doctor import recheck_run
     from aelab.findings import FINDINGS_FILE, read_findings
 
     run_dir = Path(args.run_dir)
     saved = read_findings(run_dir)
     if args.recheck or not (run_dir / FINDINGS_FILE).exists():
-        saved = recheck_findings(run_dir)
+        saved = recheck_run(run_dir)
         print(f"{run_dir}: checked again from the folder (model, config, data)")
     if not saved:
         print(f"{run_dir}: no findings")
@@ -311,17 +312,9 @@ def command_resume(args: argparse.Namespace) -> int:
     print(f"run folder: {result.run_dir}")
     # The doctor's monitors follow a run from its start; for a resumed one, check the result
     # from the folder alone, as `aelab doctor --recheck` does.
-    return finish_train_command(args, result.run_dir, recheck_findings(result.run_dir))
+    from aelab.doctor import recheck_run
 
-
-def recheck_findings(run_dir: Path) -> list[Any]:
-    """Run the doctor's checks on a finished run folder and save them beside others' findings."""
-    from aelab.doctor import DOCTOR_IDS, diagnose_run
-    from aelab.findings import read_findings, save_findings
-
-    others = [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
-    save_findings(run_dir, [*others, *diagnose_run(run_dir)])
-    return read_findings(run_dir)
+    return finish_train_command(args, result.run_dir, recheck_run(result.run_dir))
 
 
 def build_parser() -> argparse.ArgumentParser:

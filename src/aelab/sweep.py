@@ -283,9 +283,8 @@ def train_runs(configs: Sequence[RunConfig], outs: Sequence[Path], progress: boo
 def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
     """Finish a run folder left unfinished (killed mid-run) from its last checkpoint. Its doctor
     then checks the finished run from the folder alone."""
-    from aelab.doctor import DOCTOR_IDS, diagnose_run
+    from aelab.doctor import recheck_run
     from aelab.errors import DivergenceError
-    from aelab.findings import read_findings, save_findings
     from aelab.train import resume
 
     try:
@@ -293,8 +292,7 @@ def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
     except DivergenceError as error:
         log.warning("%s: %s", run_dir, error)
         return
-    others = [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
-    save_findings(run_dir, [*others, *diagnose_run(run_dir)])
+    recheck_run(run_dir)
 
 
 def _config_difference(wanted: RunConfig, found: RunConfig) -> str:

@@ -6,10 +6,10 @@ numbers that show it, and says what to change.
 - `Doctor`: a `train.Callback` that runs those checks and monitors every epoch (blob, dead and
   saturated units, weight norms, gradients, NaN/Inf), keeping `findings.json` in the run folder.
 - `check(model, data, loss=...)`: the same checks on any PyTorch autoencoder.
-- `diagnose_run(run_dir)`: the checks again, from a run folder alone.
+- `diagnose_run(run_dir)`: the checks again, from a run folder alone; `recheck_run` also saves them.
 """
 
-from aelab.doctor.check import check, check_setup, diagnose_run
+from aelab.doctor.check import check, check_setup, diagnose_run, recheck_run
 from aelab.doctor.monitor import DOCTOR_IDS, Doctor, State, measure, state_findings
 from aelab.doctor.probe import Subject
 from aelab.doctor.setup import Setup, setup_findings
@@ -24,6 +24,7 @@ __all__ = [
     "check_setup",
     "diagnose_run",
     "measure",
+    "recheck_run",
     "setup_findings",
     "state_findings",
 ]

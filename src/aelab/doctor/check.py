@@ -12,12 +12,20 @@ from torch import nn
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import ConfigError
-from aelab.findings import Finding
+from aelab.findings import Finding, read_findings
 from aelab.losses import get_loss
 from aelab.models import Autoencoder, build_model
 from aelab.runs import load_run
 
-from .monitor import baseline, config_setup, epochs_near_mean_image, measure, run_context, state_findings
+from .monitor import (
+    baseline,
+    config_setup,
+    epochs_near_mean_image,
+    measure,
+    merge_and_save,
+    run_context,
+    state_findings,
+)
 from .probe import PROBE_IMAGES, Subject, trace_layers, weight_layers, weight_norms
 from .setup import Setup, setup_findings
 
@@ -140,3 +148,10 @@ def diagnose_run(run_dir: str | Path) -> list[Finding]:
     before = setup_findings(config_setup(config, subject, targets))
     context["setup_errors"] = [f.id for f in before if f.severity == "error"]
     return before + state_findings(state, context)
+
+
+def recheck_run(run_dir: str | Path) -> list[Finding]:
+    """`diagnose_run`, saved to the folder's findings.json beside the findings others wrote
+    there (a divergence, say); returns everything the file now holds."""
+    merge_and_save(Path(run_dir), diagnose_run(run_dir))
+    return read_findings(run_dir)
