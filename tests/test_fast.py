@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 
@@ -10,7 +11,7 @@ from aelab.activations import ACTIVATIONS, OUTPUT_ONLY
 from aelab.data import load_dataset
 from aelab.ensemble import train_ensemble
 from aelab.errors import ConfigError
-from aelab.fast import ACTIVATION_GRADIENTS, choose_threads
+from aelab.fast import ACTIVATION_GRADIENTS, OptimizerStep, _running_here, choose_threads
 from aelab.losses import LOSSES
 from aelab.train import OPTIMIZERS, Trainer
 
@@ -124,6 +125,84 @@ def test_threads_follow_step_size_and_other_load():
     assert choose_threads(256 * 784, busy=0) == cores
     assert choose_threads(256 * 784, busy=cores + 3) == 1
     assert choose_threads(256 * 784, busy=1) == max(1, cores - 1)
+
+
+def test_own_worker_threads_do_not_count_as_other_load():
+    # torch's worker threads spin after a parallel region; counted as another program's work
+    # they made aelab pick one thread right after any computation.
+    import hashlib
+    import threading
+
+    buffer = bytes(300 * 2**20)
+    worker = threading.Thread(target=hashlib.sha256, args=(buffer,))  # runs without the GIL
+    worker.start()
+    seen = 0
+    while worker.is_alive():
+        seen = max(seen, _running_here())
+    worker.join()
+    assert seen >= 2  # this thread and the hashing one: both ours, and not "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("make", "options"),
+    [
+        (torch.optim.Adam, {"lr": 0.01, "weight_decay": 0.1}),
+        (torch.optim.AdamW, {"lr": 0.01, "weight_decay": 0.1}),
+        (torch.optim.Adam, {"lr": 0.01, "amsgrad": True}),
+        (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    ],
+)
+def test_optimizer_step_equals_the_optimizers_own_step(make, options):
+    torch.manual_seed(0)
+    shapes = [(5, 3), (5,), (2, 5)]
+    ours = [torch.randn(shape) for shape in shapes]
+    theirs = [p.clone() for p in ours]
+    fused = {"fused": True} if make is not torch.optim.SGD else {}
+    first, second = make(ours, **options, **fused), make(theirs, **options, **fused)
+    stepper = OptimizerStep(first)
+    calls = 0
+    original = first.step
+
+    def counted_step(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return original(*args, **kwargs)
+
+    first.step = counted_step
+    for step in range(4):
+        grads = [torch.randn(shape) for shape in shapes]
+        for a, b, grad in zip(ours, theirs, grads, strict=True):
+            a.grad, b.grad = grad.clone(), grad.clone()
+        if step == 2:  # a state dict loaded mid-run (as a resume does) is picked up
+            first.load_state_dict(copy.deepcopy(second.state_dict()))
+        stepper()
+        second.step()
+    for a, b in zip(ours, theirs, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(first.state.values(), second.state.values(), strict=True):
+        assert all(torch.equal(a[key], b[key]) for key in b)
+    direct = make is not torch.optim.SGD and not options.get("amsgrad")
+    # Adam and AdamW's fused kernel: only the first step (which creates the state) goes through
+    # Optimizer.step; others always do.
+    assert calls == (1 if direct and make is torch.optim.Adam else 4)
+
+
+def test_ensemble_mixes_activations_that_run_in_place_with_those_that_cannot(tmp_path):
+    configs = [
+        tiny({"activation": activation, "code_activation": code}, loss=loss, epochs=1)
+        for activation, code, loss in [
+            ("relu", "relu", "bce"),
+            ("elu", "relu", "bce"),
+            ("sigmoid", "gelu", "mse"),
+            ("tanh", "linear", "cb"),
+        ]
+    ]
+    results = train_ensemble(configs, progress=False)
+    for config, result in zip(configs, results, strict=True):
+        solo = train(config, progress=False)
+        expected = pytest.approx(strip_seconds(solo.history)[0], rel=1e-5, abs=1e-7, nan_ok=True)
+        assert strip_seconds(result.history)[0] == expected
+        assert_same_weights(result.model, solo.model, atol=1e-6)
 
 
 def grid(epochs: int = 2) -> list[RunConfig]:

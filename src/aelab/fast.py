@@ -47,8 +47,25 @@ ACTIVATION_GRADIENTS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tens
     "linear": lambda g, a, z: g,
 }
 
-# A head maps logits z and targets x (k, B, D) to (per-member mean loss (k,), dloss/dz).
-Head = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# Activations whose gradient needs only their output: applied in place on the pre-activation,
+# and their gradient written in place over the incoming one (no temporaries, no copies).
+# Same kernels as above, so the numbers are the same.
+ACTIVATIONS_IN_PLACE: dict[str, Callable[[torch.Tensor], object]] = {
+    "sigmoid": torch.Tensor.sigmoid_,
+    "tanh": torch.Tensor.tanh_,
+    "relu": torch.Tensor.relu_,
+    "linear": lambda z: None,
+}
+GRADIENTS_IN_PLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
+    "sigmoid": lambda g, a: torch.ops.aten.sigmoid_backward.grad_input(g, a, grad_input=g),
+    "tanh": lambda g, a: torch.ops.aten.tanh_backward.grad_input(g, a, grad_input=g),
+    "relu": lambda g, a: torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g),
+    "linear": lambda g, a: None,
+}
+
+# A head takes logits z and targets x (k, B, D), returns the per-member mean loss (k,) and
+# overwrites z with dloss/dz (the logits are not needed after the loss).
+Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _cb_log_normalizer_gradient(logits: torch.Tensor) -> torch.Tensor:
@@ -64,24 +81,38 @@ def _cb_log_normalizer_gradient(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(small, series, exact) / 2
 
 
+def _bce_values(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean BCE with logits per member (k,), as softplus(z) - x z: two elementwise passes
+    where `binary_cross_entropy_with_logits` makes five; the same value to float rounding."""
+    terms = torch.nn.functional.softplus(z).addcmul_(x, z, value=-1)
+    return terms.sum((1, 2)) / (z.shape[1] * z.shape[2])
+
+
 def _logit_head(loss: str) -> Head:
-    """A fused head for a sigmoid output: the loss value from `aelab.losses` (so both engines
-    report the same numbers), the gradient written out."""
+    """A fused head for a sigmoid output: the loss value (the formulas of `aelab.losses`, so
+    both engines report the same numbers to rounding), the gradient written over the logits."""
     loss_fn = get_loss(loss)
 
-    def head(z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         scale = 1.0 / (z.shape[1] * z.shape[2])  # the mean over images and pixels
-        value = loss_fn(z, x, True)  # (k,): the loss flattens all but the first axis
-        probs = torch.sigmoid(z)
         if loss == "bce":
-            grad = probs.sub_(x).mul_(scale)
+            value = _bce_values(z, x)
+            z.sigmoid_().sub_(x).mul_(scale)
         elif loss == "cb":
-            grad = probs.sub_(x).sub_(_cb_log_normalizer_gradient(z)).mul_(scale)
-        elif loss == "mse":
-            grad = torch.ops.aten.sigmoid_backward((probs - x).mul_(2 * scale), probs)
-        else:  # mae; sign(0) = 0 as in autograd's abs
-            grad = torch.ops.aten.sigmoid_backward((probs - x).sign_().mul_(scale), probs)
-        return value, grad
+            value = loss_fn(z, x, True)  # (k,): the loss flattens all but the first axis
+            normaliser = _cb_log_normalizer_gradient(z)
+            z.sigmoid_().sub_(x).sub_(normaliser).mul_(scale)
+        else:
+            probs = z.sigmoid_()
+            error = probs - x
+            if loss == "mse":
+                value = error.square().sum((1, 2)) * scale
+                error.mul_(2 * scale)
+            else:  # mae; sign(0) = 0 as in autograd's abs
+                value = error.abs().sum((1, 2)) * scale
+                error.sign_().mul_(scale)
+            torch.ops.aten.sigmoid_backward.grad_input(error, probs, grad_input=z)
+        return value
 
     return head
 
@@ -94,15 +125,16 @@ def _autograd_head(model: Autoencoder, loss: str) -> Head:
     loss_fn = get_loss(loss)
     shape = model.image_shape
 
-    def head(z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         members, batch = z.shape[:2]
         with torch.enable_grad():
-            leaf = z.detach().requires_grad_()
+            leaf = z.detach().clone().requires_grad_()
             output, from_logits = model.loss_input(leaf.view(members * batch, *shape))
             per_image = loss_fn(output, x.reshape(members * batch, *shape), from_logits)
             value = per_image.view(members, batch).mean(1)
             (grad,) = torch.autograd.grad(value.sum(), leaf)
-        return value.detach(), grad
+        z.copy_(grad)
+        return value.detach()
 
     return head
 
@@ -143,6 +175,61 @@ def fast_optimizer(
         defaults.update({key: None for key in ("foreach", "fused") if key in defaults})
         defaults.update(options)
     return type(optimizer)(params, **defaults)
+
+
+class OptimizerStep:
+    """`optimizer.step()`, with fused Adam's kernel called directly once its state exists.
+
+    `torch.optim.Adam(fused=True).step()` spends more time in Python (grouping the tensors by
+    device and dtype, hooks, checks) than in its kernel for a model this small. This calls the
+    same kernel, `torch._fused_adam_`, on the optimizer's own state tensors, so the update
+    and the state a checkpoint saves are those of `optimizer.step()`; anything else (another
+    optimizer, several parameter groups, amsgrad, a parameter without a gradient, a state
+    dict loaded since the last call) goes through `optimizer.step()`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+
+    def _direct_lists(self) -> tuple[list[torch.Tensor], ...] | None:
+        """The fused kernel's tensor lists, looked up afresh each step (a few microseconds), so
+        a replaced gradient or a loaded state dict is always seen; None when it does not apply."""
+        optimizer = self.optimizer
+        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+            return None
+        group = optimizer.param_groups[0]
+        if not group.get("fused") or group["amsgrad"] or group.get("capturable") or group.get("differentiable"):
+            return None
+        if isinstance(group["lr"], torch.Tensor):
+            return None
+        params = group["params"]
+        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+        for param in params:
+            state = optimizer.state.get(param)
+            if param.grad is None or not state or "exp_avg" not in state:
+                return None  # a parameter without a gradient, or the first step, which creates the state
+            if param.device.type != "cpu" or param.dtype != torch.float32 or param.grad.dtype != torch.float32:
+                return None
+            grads.append(param.grad)
+            exp_avgs.append(state["exp_avg"])
+            exp_avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        return list(params), grads, exp_avgs, exp_avg_sqs, steps
+
+    def __call__(self) -> None:
+        lists = self._direct_lists()
+        if lists is None:
+            self.optimizer.step()
+            return
+        params, grads, exp_avgs, exp_avg_sqs, steps = lists
+        group = self.optimizer.param_groups[0]
+        beta1, beta2 = group["betas"]
+        kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+        torch._foreach_add_(steps, 1)
+        kernel(
+            params, grads, exp_avgs, exp_avg_sqs, [], steps,
+            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+            eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None,
+        )  # fmt: skip
 
 
 @dataclass
@@ -259,15 +346,29 @@ class DenseStep:
         return self.gradients_of[id(stacked)]
 
     @staticmethod
-    def _by_ranges(
-        ranges: list[tuple[int, int, str]], z: torch.Tensor, apply: Callable[[str, slice], torch.Tensor]
-    ) -> torch.Tensor:
-        if len(ranges) == 1:
-            return apply(ranges[0][2], slice(None))
-        result = torch.empty_like(z)
+    def _activate(ranges: list[tuple[int, int, str]], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pre-activation, activation) of one layer, each member range with its activation:
+        in place over z when every range's gradient needs only the output (z is then not kept)."""
+        if all(name in ACTIVATIONS_IN_PLACE for _, _, name in ranges):
+            for start, end, name in ranges:
+                ACTIVATIONS_IN_PLACE[name](z[start:end])
+            return z, z
+        a = torch.empty_like(z)
         for start, end, name in ranges:
-            result[start:end] = apply(name, slice(start, end))
-        return result
+            a[start:end] = ACTIVATIONS[name](z[start:end])
+        return z, a
+
+    @staticmethod
+    def _activation_gradient(
+        ranges: list[tuple[int, int, str]], grad: torch.Tensor, z: torch.Tensor, a: torch.Tensor
+    ) -> None:
+        """Turn dL/da into dL/dz in place, each member range with its activation's derivative."""
+        for start, end, name in ranges:
+            g, out = grad[start:end], a[start:end]
+            if name in GRADIENTS_IN_PLACE:
+                GRADIENTS_IN_PLACE[name](g, out)
+            else:
+                g.copy_(ACTIVATION_GRADIENTS[name](g, out, z[start:end]))
 
     def gradients(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, B, D) inputs, which are also the targets. Returns the losses (M,)."""
@@ -276,20 +377,16 @@ class DenseStep:
         for layer in self.layers:
             weight_t = layer.weight if layer.transposed else layer.weight.transpose(1, 2)
             z = torch.baddbmm(layer.bias.unsqueeze(1), hidden, weight_t)  # (M, B, out)
-            if layer.activations[0][2] is None:
-                a = z
-            else:
-                a = self._by_ranges(layer.activations, z, lambda name, s, z=z: ACTIVATIONS[name](z[s]))
+            z, a = (z, z) if layer.activations[0][2] is None else self._activate(layer.activations, z)
             saved.append((hidden, z, a))
             hidden = a
-        logits = hidden
+        grad = hidden  # the logits, overwritten by the heads with dloss/dlogits
         if len(self.heads) == 1:
-            losses, grad = self.heads[0][2](logits, x)
+            losses = self.heads[0][2](grad, x)
         else:
             losses = torch.empty(self.members, dtype=x.dtype, device=x.device)
-            grad = torch.empty_like(logits)
             for start, end, head in self.heads:
-                losses[start:end], grad[start:end] = head(logits[start:end], x[start:end])
+                losses[start:end] = head(grad[start:end], x[start:end])
         for index in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[index]
             inputs = saved[index][0]
@@ -303,13 +400,9 @@ class DenseStep:
             if index > 0:
                 below = self.layers[index - 1]
                 weight = layer.weight.transpose(1, 2) if layer.transposed else layer.weight
-                upstream = torch.bmm(grad, weight)  # dL/da of the layer below
+                grad = torch.bmm(grad, weight)  # dL/da of the layer below
                 _, z_below, a_below = saved[index - 1]
-                grad = self._by_ranges(
-                    below.activations,
-                    upstream,
-                    lambda name, s, g=upstream, a=a_below, z=z_below: ACTIVATION_GRADIENTS[name](g[s], a[s], z[s]),
-                )
+                self._activation_gradient(below.activations, grad, z_below, a_below)
         return losses
 
 
@@ -334,14 +427,34 @@ class FastStep:
 ONE_THREAD_BELOW = 32 * 784
 
 
+def _running_here() -> int:
+    """This process's threads that are running or ready to run (Linux /proc/self/task): torch's
+    own worker threads spin for a while after each parallel region and must not be mistaken for
+    another program's work."""
+    running = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as file:
+                state = file.read().rpartition(")")[2].split()[0]  # the field after "(name)"
+        except (OSError, IndexError):
+            continue
+        running += state == "R"
+    return max(1, running)
+
+
 def runnable_elsewhere() -> int:
-    """Tasks other than this one ready to run right now (Linux /proc/loadavg), else 0."""
+    """Tasks of other processes ready to run right now (Linux /proc/loadavg minus this
+    process's running threads), else 0."""
     try:
         with open("/proc/loadavg", encoding="ascii") as file:
             running = int(file.read().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
         return 0
-    return max(0, running - 1)
+    return max(0, running - _running_here())
 
 
 def choose_threads(step_values: int, busy: int | None = None) -> int:
@@ -377,6 +490,7 @@ __all__ = [
     "ENGINES",
     "DenseStep",
     "FastStep",
+    "OptimizerStep",
     "choose_engine",
     "fast_optimizer",
     "fast_step_problem",

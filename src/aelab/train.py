@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
-from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer
+from aelab.fast import FastStep, OptimizerStep, choose_engine, choose_threads, fast_optimizer
 from aelab.findings import Finding, read_findings, save_findings
-from aelab.losses import LOSS_FLOORS, expected_pixels, get_loss
+from aelab.losses import LOSS_FLOORS, bce_floor, expected_pixels, get_loss
 from aelab.metrics import SetStatistics, image_metrics
 from aelab.models import Autoencoder, build_model
 from aelab.runs import (
@@ -137,9 +137,10 @@ class Trainer:
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.train_images = data.train.to(self.device)
         self.val_stored, self.val_scale = self._validation_targets(seed + 2)
-        self.val_floor = self._chunked_means(lambda chunk: {"floor": LOSS_FLOORS[config.train.loss](chunk).mean()})[
-            "floor"
-        ]
+        # The BCE floor of every validation chunk, for the bce_excess metric: the targets never
+        # change, so it is computed once rather than every epoch.
+        self.val_bce_floors: list[torch.Tensor] = []
+        self.val_floor = self._chunked_means(self._floors)["floor"]
         stored_max = float(self.val_stored.max()) if self.val_stored.numel() else 1.0
         self.data_range = max(1.0, stored_max * self.val_scale)
         self.epoch = 0
@@ -178,15 +179,21 @@ class Trainer:
         """All validation targets as floats (a full-size copy; evaluation works in chunks)."""
         return self.val_batch(0, self.val_stored.shape[0])
 
-    def _chunked_means(self, means: Callable[[torch.Tensor], dict[str, Any]]) -> dict[str, float]:
-        """`means(chunk)` (a dict of per-chunk means over images) over the validation targets in
-        EVAL_CHUNK-image chunks, weighted by chunk size: the means over all images, with
-        temporaries the size of one chunk."""
+    def _floors(self, index: int, chunk: torch.Tensor) -> dict[str, Any]:
+        bce_floors = bce_floor(chunk)
+        self.val_bce_floors.append(bce_floors)
+        floors = bce_floors if self.config.train.loss == "bce" else LOSS_FLOORS[self.config.train.loss](chunk)
+        return {"floor": floors.mean()}
+
+    def _chunked_means(self, means: Callable[[int, torch.Tensor], dict[str, Any]]) -> dict[str, float]:
+        """`means(index, chunk)` (a dict of the means over the images of chunk number `index`)
+        over the validation targets in EVAL_CHUNK-image chunks, weighted by chunk size: the
+        means over all images, with temporaries the size of one chunk."""
         totals: dict[str, float] = {}
         count = self.val_stored.shape[0]
-        for start in range(0, count, EVAL_CHUNK):
+        for index, start in enumerate(range(0, count, EVAL_CHUNK)):
             chunk = self.val_batch(start, start + EVAL_CHUNK)
-            for name, value in means(chunk).items():
+            for name, value in means(index, chunk).items():
                 totals[name] = totals.get(name, 0.0) + float(value) * chunk.shape[0] / count
         return totals
 
@@ -304,7 +311,7 @@ class Trainer:
         the batch's mean loss as a 0-d tensor, without synchronising with the device."""
         if self.fast_step is not None:
             loss = self.fast_step(images)  # writes the gradients into .grad
-            self.optimizer.step()
+            OptimizerStep(self.optimizer)()  # the fused kernel without Optimizer.step's Python
             return loss
         loss = loss_per_sample(self.model, self.config.train.loss, self.model(images), images).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -327,10 +334,11 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         statistics = SetStatistics()
 
-        def chunk_metrics(targets: torch.Tensor) -> dict[str, Any]:
+        def chunk_metrics(index: int, targets: torch.Tensor) -> dict[str, Any]:
             pixels, losses = self.reconstruct(targets)
             statistics.update(pixels, targets)
-            return {"loss": losses.mean(), **image_metrics(pixels, targets, self.data_range)}
+            metrics = image_metrics(pixels, targets, self.data_range, bce_floors=self.val_bce_floors[index])
+            return {"loss": losses.mean(), **metrics}
 
         # Per-image metrics are means over images, so chunk means weighted by chunk size give
         # the same values while the temporaries stay the size of one chunk; the set-level
