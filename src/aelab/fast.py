@@ -20,6 +20,7 @@ layer; losses (M,) the mean loss per member (mean over pixels and images, as
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,40 +69,40 @@ GRADIENTS_IN_PLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = 
 Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _cb_log_normalizer_gradient(logits: torch.Tensor) -> torch.Tensor:
-    """d log C / d logit for `aelab.losses.cb_log_normalizer`, with the same series switch.
-    With u = l / 2: d/du [log u - log tanh u] = 1/u - 1/tanh u + tanh u; the series
-    u^2/3 - 7 u^4/90 differentiates to 2u/3 - 14 u^3/45."""
+def _cb_log_normalizer_and_gradient(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`aelab.losses.cb_log_normalizer` and its derivative d log C / d logit, with the same
+    series switch, from one tanh. With u = l / 2: log C = log 2 + log(u / tanh u), and
+    d/du log(u / tanh u) = 1/u - 1/tanh u + tanh u; near u = 0 the series u^2/3 - 7 u^4/90
+    and its derivative 2u/3 - 14 u^3/45."""
     u = logits / 2
     small = u.abs() < _SERIES_BELOW
-    u_safe = torch.where(small, torch.ones_like(u), u)
+    u_safe = torch.where(small, 1.0, u)
     tanh = torch.tanh(u_safe)
-    exact = 1 / u_safe - 1 / tanh + tanh
-    series = 2 * u / 3 - 14 * u * u * u / 45
-    return torch.where(small, series, exact) / 2
+    u2 = u * u
+    log_c = torch.where(small, u2 / 3 - 7 * u2 * u2 / 90, torch.log(u_safe / tanh)).add_(math.log(2.0))
+    gradient = torch.where(small, 2 * u / 3 - 14 * u2 * u / 45, (1 / u_safe).sub_(1 / tanh).add_(tanh)).div_(2)
+    return log_c, gradient
 
 
-def _bce_values(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean BCE with logits per member (k,), as softplus(z) - x z: two elementwise passes
-    where `binary_cross_entropy_with_logits` makes five; the same value to float rounding."""
-    terms = torch.nn.functional.softplus(z).addcmul_(x, z, value=-1)
-    return terms.sum((1, 2)) / (z.shape[1] * z.shape[2])
+def _bce_terms(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """BCE with logits elementwise as softplus(z) - x z: two passes where
+    `binary_cross_entropy_with_logits` makes five; the same values to float rounding."""
+    return torch.nn.functional.softplus(z).addcmul_(x, z, value=-1)
 
 
 def _logit_head(loss: str) -> Head:
     """A fused head for a sigmoid output: the loss value (the formulas of `aelab.losses`, so
     both engines report the same numbers to rounding), the gradient written over the logits."""
-    loss_fn = get_loss(loss)
 
     def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         scale = 1.0 / (z.shape[1] * z.shape[2])  # the mean over images and pixels
         if loss == "bce":
-            value = _bce_values(z, x)
+            value = _bce_terms(z, x).sum((1, 2)) * scale
             z.sigmoid_().sub_(x).mul_(scale)
-        elif loss == "cb":
-            value = loss_fn(z, x, True)  # (k,): the loss flattens all but the first axis
-            normaliser = _cb_log_normalizer_gradient(z)
-            z.sigmoid_().sub_(x).sub_(normaliser).mul_(scale)
+        elif loss == "cb":  # BCE minus the log-normaliser
+            log_c, log_c_gradient = _cb_log_normalizer_and_gradient(z)
+            value = _bce_terms(z, x).sub_(log_c).sum((1, 2)) * scale
+            z.sigmoid_().sub_(x).sub_(log_c_gradient).mul_(scale)
         else:
             probs = z.sigmoid_()
             error = probs - x
