@@ -1,14 +1,21 @@
 """A 16-run grid, one run after another against `train_ensemble`, side by side in one process.
 
 The grid: the 4 losses (bce, mse, mae, cb) x sigmoid and relu hidden layers x 2 seeds, each a
-784-100-50-100-784 autoencoder with Adam on the bundled MNIST test images, one epoch. Both
-variants go through the public API (`aelab.train` per run, `aelab.ensemble.train_ensemble` for
-all), including model set-up and the per-epoch evaluation, at batch 64 and 256. Variants are
-interleaved and each figure is the median over repeats; a second check confirms that every
-ensemble member's metrics equal its solo run's.
+784-100-50-100-784 autoencoder with Adam on the bundled MNIST test images (8,000 training,
+500 validation images), at batch 64 and 256. Two measures, each variant pair timed back to
+back in every repeat (the ratios are medians of those paired ratios, so the machine's speed
+changes between repeats cancel out):
 
-    python benchmarks/sweep_throughput.py           # about 3 minutes on a quiet 2-core machine
-    python benchmarks/sweep_throughput.py --quick   # 1,024 images, 1 repeat
+    whole runs      `aelab.train` per run against `aelab.ensemble.train_ensemble` for all, for
+                    --epochs epochs: model set-up, training, and the per-epoch evaluation
+    training steps  the training epochs alone: 16 `Trainer.train_epoch` calls against one
+                    epoch of the stacked step (the measure of the issue's "16 models stacked
+                    in one batched matmul, total over the 16")
+
+A last check confirms that every ensemble member's metrics equal its solo run's.
+
+    python benchmarks/sweep_throughput.py           # about 4 minutes on a quiet 2-core machine
+    python benchmarks/sweep_throughput.py --quick   # 1,024 images, 1 epoch, 1 repeat
 """
 
 from __future__ import annotations
@@ -20,10 +27,11 @@ import time
 import torch
 
 from aelab import RunConfig, load_dataset, train
-from aelab.ensemble import train_ensemble
+from aelab.ensemble import _Group, _member_order_key, _train_epoch, train_ensemble
+from aelab.train import Trainer, set_threads
 
 
-def grid(images: int, batch_size: int, threads: int | None) -> list[RunConfig]:
+def grid(images: int, batch_size: int, threads: int | None, epochs: int = 1) -> list[RunConfig]:
     configs = []
     for loss in ("bce", "mse", "mae", "cb"):
         for activation in ("sigmoid", "relu"):
@@ -37,7 +45,7 @@ def grid(images: int, batch_size: int, threads: int | None) -> list[RunConfig]:
                                 "loss": loss,
                                 "seed": seed,
                                 "batch_size": batch_size,
-                                "epochs": 1,
+                                "epochs": epochs,
                                 "threads": threads,
                             },
                         }
@@ -46,40 +54,68 @@ def grid(images: int, batch_size: int, threads: int | None) -> list[RunConfig]:
     return configs
 
 
+def paired_ratio(seconds: list[float], base: list[float]) -> float:
+    """How many times faster than `base`: the median over repeats of base / seconds."""
+    return statistics.median(b / a for a, b in zip(seconds, base, strict=True))
+
+
+def report(title: str, samples: int, seconds: dict[str, list[float]]) -> None:
+    print(f"  {title}")
+    print(f"    {'variant':<18} {'seconds':>8} {'samples/s':>10} {'speed-up':>9}")
+    base = seconds["one after another"]
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        print(f"    {name:<18} {median:>8.2f} {samples / median:>10,.0f} {paired_ratio(values, base):>8.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: aelab picks)")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 3, quick 1)")
-    parser.add_argument("--quick", action="store_true", help="1,024 images and 1 repeat: a smoke check")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the whole runs (default 3, quick 1)")
+    parser.add_argument("--quick", action="store_true", help="1,024 images, 1 epoch and 1 repeat: a smoke check")
     args = parser.parse_args()
     images = 1024 if args.quick else 8000
     repeats = args.repeats or (1 if args.quick else 3)
-    print(f"torch {torch.__version__}, threads {args.threads or 'aelab picks'}, {images} images, 16 runs, 1 epoch each")
+    epochs = args.epochs or (1 if args.quick else 3)
+    print(f"torch {torch.__version__}, threads {args.threads or 'aelab picks'}, {images} images, 16 runs")
     for batch_size in (64, 256):
-        configs = grid(images, batch_size, args.threads)
+        configs = grid(images, batch_size, args.threads, epochs)
         data = load_dataset(configs[0].data)
-        samples = len(configs) * data.train.shape[0]
-        seconds: dict[str, list[float]] = {"one after another": [], "ensemble": []}
+        count = data.train.shape[0]
+        whole: dict[str, list[float]] = {"one after another": [], "ensemble": []}
+        steps: dict[str, list[float]] = {"one after another": [], "ensemble": []}
         solo_rows = ensemble_rows = []
+        train(configs[0].replace(train={"epochs": 1}), data=data, progress=False)  # warm-up
+        train_ensemble([c.replace(train={"epochs": 1}) for c in configs[:2]], data=data, progress=False)
         for _ in range(repeats):
             started = time.perf_counter()
             solo_rows = [train(config, data=data, progress=False).history[-1] for config in configs]
-            seconds["one after another"].append(time.perf_counter() - started)
+            whole["one after another"].append(time.perf_counter() - started)
             started = time.perf_counter()
             ensemble_rows = [result.history[-1] for result in train_ensemble(configs, data=data, progress=False)]
-            seconds["ensemble"].append(time.perf_counter() - started)
+            whole["ensemble"].append(time.perf_counter() - started)
+
+            set_threads(configs[0], data)  # what `train` picks for one run
+            trainers = [Trainer(config, data) for config in configs]
+            started = time.perf_counter()
+            for trainer in trainers:
+                trainer.train_epoch()
+            steps["one after another"].append(time.perf_counter() - started)
+            set_threads(configs[0], data, members=len(configs))  # what `train_ensemble` picks
+            stacked = _Group(sorted((Trainer(config, data) for config in configs), key=_member_order_key))
+            started = time.perf_counter()
+            _train_epoch(stacked, False, batch_size, False, "")
+            steps["ensemble"].append(time.perf_counter() - started)
         worst = max(
             abs(a[key] - b[key]) / max(1.0, abs(a[key]))
             for a, b in zip(solo_rows, ensemble_rows, strict=True)
             for key in a
             if key != "seconds"
         )
-        sequential = statistics.median(seconds["one after another"])
         print(f"\nbatch {batch_size}: worst relative metric difference, ensemble vs solo: {worst:.1e}")
-        print(f"  {'variant':<18} {'seconds':>8} {'samples/s':>10} {'speed-up':>9}")
-        for name, values in seconds.items():
-            median = statistics.median(values)
-            print(f"  {name:<18} {median:>8.2f} {samples / median:>10,.0f} {sequential / median:>8.2f}x")
+        report(f"whole runs ({epochs} epochs, set-up and evaluation included)", len(configs) * count * epochs, whole)
+        report("training steps (one epoch)", len(configs) * count, steps)
 
 
 if __name__ == "__main__":

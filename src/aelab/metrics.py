@@ -20,6 +20,7 @@ from aelab.losses import bce, bce_floor, cb, mae, mse
 
 SSIM_WINDOW = 7  # skimage's default window; shrunk to the image size for small images (8x8 digits)
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. 2004's constants
+SSIM_SLICE = 64  # images per pass of the window sums
 
 
 def psnr(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -44,17 +45,28 @@ def ssim(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) ->
         shapes = f"{tuple(pixels.shape)} and {tuple(target.shape)}"
         raise ValueError(f"ssim needs two (B, C, H, W) tensors of one shape, got {shapes}")
     window = min(SSIM_WINDOW, pixels.shape[-2], pixels.shape[-1])
+    # A slice of images at a time: the window sums' float64 temporaries stay a few MB.
+    values = [
+        _ssim_values(pixels[start : start + SSIM_SLICE], target[start : start + SSIM_SLICE], window, data_range)
+        for start in range(0, pixels.shape[0], SSIM_SLICE)
+    ]
+    return torch.cat(values) if values else pixels.new_zeros(0)
+
+
+def _ssim_values(pixels: torch.Tensor, target: torch.Tensor, window: int, data_range: float) -> torch.Tensor:
     x, y = pixels.double(), target.double()
     count = window * window
-    # The five local means in one pass: window sums over valid positions, rows then columns
-    # (avg_pool2d in float64 was 5x slower on a CPU).
-    moments = torch.stack([x, y, x * x, y * y, x * y])
-    sums = moments.unfold(-2, window, 1).sum(-1).unfold(-1, window, 1).sum(-1)
-    mean_x, mean_y, mean_xx, mean_yy, mean_xy = sums / count
+
+    def local_mean(t: torch.Tensor) -> torch.Tensor:
+        # window sums over valid positions, rows then columns (avg_pool2d in float64 was 5x
+        # slower on a CPU)
+        return t.unfold(-2, window, 1).sum(-1).unfold(-1, window, 1).sum(-1).div_(count)
+
+    mean_x, mean_y = local_mean(x), local_mean(y)
     correction = count / (count - 1) if count > 1 else 1.0
-    var_x = (mean_xx - mean_x * mean_x) * correction
-    var_y = (mean_yy - mean_y * mean_y) * correction
-    cov = (mean_xy - mean_x * mean_y) * correction
+    var_x = (local_mean(x * x) - mean_x * mean_x) * correction
+    var_y = (local_mean(y * y) - mean_y * mean_y) * correction
+    cov = (local_mean(x * y) - mean_x * mean_y) * correction
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(dim=1).to(pixels.dtype)
