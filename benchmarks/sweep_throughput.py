@@ -21,6 +21,7 @@ A last check confirms that every ensemble member's metrics equal its solo run's.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -52,6 +53,13 @@ def grid(images: int, batch_size: int, threads: int | None, epochs: int = 1) -> 
                     )
                 )
     return configs
+
+
+def difference(a: float, b: float) -> float:
+    """Relative difference of two metric values; NaN in both counts as equal, in one as inf."""
+    if math.isnan(a) or math.isnan(b):
+        return 0.0 if math.isnan(a) and math.isnan(b) else math.inf
+    return abs(a - b) / max(1.0, abs(a))
 
 
 def paired_ratio(seconds: list[float], base: list[float]) -> float:
@@ -107,13 +115,13 @@ def main() -> None:
             started = time.perf_counter()
             _train_epoch(stacked, False, batch_size, False, "")
             steps["ensemble"].append(time.perf_counter() - started)
-        worst = max(
-            abs(a[key] - b[key]) / max(1.0, abs(a[key]))
-            for a, b in zip(solo_rows, ensemble_rows, strict=True)
+        worst, where = max(
+            (difference(a[key], b[key]), f"{c.train.loss}/{c.model.activation}/seed {c.train.seed} {key}")
+            for c, a, b in zip(configs, solo_rows, ensemble_rows, strict=True)
             for key in a
             if key != "seconds"
         )
-        print(f"\nbatch {batch_size}: worst relative metric difference, ensemble vs solo: {worst:.1e}")
+        print(f"\nbatch {batch_size}: worst relative metric difference, ensemble vs solo: {worst:.1e} ({where})")
         report(f"whole runs ({epochs} epochs, set-up and evaluation included)", len(configs) * count * epochs, whole)
         report("training steps (one epoch)", len(configs) * count, steps)
 

@@ -184,7 +184,7 @@ def test_optimizer_step_equals_the_optimizers_own_step(make, options):
     direct = make is not torch.optim.SGD and not options.get("amsgrad")
     # Adam and AdamW's fused kernel: only the first step (which creates the state) goes through
     # Optimizer.step; others always do.
-    assert calls == (1 if direct and make is torch.optim.Adam else 4)
+    assert calls == (1 if direct else 4)
 
 
 def test_ensemble_mixes_activations_that_run_in_place_with_those_that_cannot(tmp_path):

@@ -129,7 +129,7 @@ def _autograd_head(model: Autoencoder, loss: str) -> Head:
     def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         members, batch = z.shape[:2]
         with torch.enable_grad():
-            leaf = z.detach().clone().requires_grad_()
+            leaf = z.detach().requires_grad_()
             output, from_logits = model.loss_input(leaf.view(members * batch, *shape))
             per_image = loss_fn(output, x.reshape(members * batch, *shape), from_logits)
             value = per_image.view(members, batch).mean(1)
@@ -183,19 +183,20 @@ class OptimizerStep:
 
     `torch.optim.Adam(fused=True).step()` spends more time in Python (grouping the tensors by
     device and dtype, hooks, checks) than in its kernel for a model this small. This calls the
-    same kernel, `torch._fused_adam_`, on the optimizer's own state tensors, so the update
-    and the state a checkpoint saves are those of `optimizer.step()`; anything else (another
-    optimizer, several parameter groups, amsgrad, a parameter without a gradient, a state
-    dict loaded since the last call) goes through `optimizer.step()`."""
+    same kernel, `torch._fused_adam_` (`_fused_adamw_` for AdamW), on the optimizer's own
+    state tensors, looked up afresh every step, so the update and the state a checkpoint saves
+    are those of `optimizer.step()`, and a loaded state dict is picked up. Anything else (the
+    first step, which creates the state; another optimizer; several parameter groups; amsgrad;
+    a parameter without a gradient; a GPU) goes through `optimizer.step()`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
 
     def _direct_lists(self) -> tuple[list[torch.Tensor], ...] | None:
-        """The fused kernel's tensor lists, looked up afresh each step (a few microseconds), so
-        a replaced gradient or a loaded state dict is always seen; None when it does not apply."""
+        """The fused kernel's tensor lists (a few microseconds to gather), or None when the
+        kernel cannot be called directly."""
         optimizer = self.optimizer
-        if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
+        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
             return None
         group = optimizer.param_groups[0]
         if not group.get("fused") or group["amsgrad"] or group.get("capturable") or group.get("differentiable"):
