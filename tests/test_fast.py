@@ -127,6 +127,20 @@ def test_threads_follow_step_size_and_other_load():
     assert choose_threads(256 * 784, busy=1) == max(1, cores - 1)
 
 
+def test_cb_head_normaliser_matches_the_loss_module_on_both_sides_of_the_series_switch():
+    from aelab.fast import _cb_log_normalizer_and_gradient
+    from aelab.losses import cb_log_normalizer
+
+    logits = torch.tensor([0.0, 1e-6, -0.005, 0.0199, -0.0201, 0.5, -3.0, 30.0, -80.0], dtype=torch.float64)
+    leaf = logits.clone().requires_grad_()
+    expected = cb_log_normalizer(leaf)
+    (expected_gradient,) = torch.autograd.grad(expected.sum(), leaf)
+    log_c, gradient = _cb_log_normalizer_and_gradient(logits)
+    assert torch.isfinite(log_c).all() and torch.isfinite(gradient).all()
+    assert torch.allclose(log_c, expected.detach(), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(gradient, expected_gradient, rtol=1e-10, atol=1e-12)
+
+
 def test_own_worker_threads_do_not_count_as_other_load():
     # torch's worker threads spin after a parallel region; counted as another program's work
     # they made aelab pick one thread right after any computation.

@@ -73,15 +73,18 @@ def _cb_log_normalizer_and_gradient(logits: torch.Tensor) -> tuple[torch.Tensor,
     """`aelab.losses.cb_log_normalizer` and its derivative d log C / d logit, with the same
     series switch, from one tanh. With u = l / 2: log C = log 2 + log(u / tanh u), and
     d/du log(u / tanh u) = 1/u - 1/tanh u + tanh u; near u = 0 the series u^2/3 - 7 u^4/90
-    and its derivative 2u/3 - 14 u^3/45."""
-    u = logits / 2
-    small = u.abs() < _SERIES_BELOW
-    u_safe = torch.where(small, 1.0, u)
-    tanh = torch.tanh(u_safe)
-    u2 = u * u
-    log_c = torch.where(small, u2 / 3 - 7 * u2 * u2 / 90, torch.log(u_safe / tanh)).add_(math.log(2.0))
-    gradient = torch.where(small, 2 * u / 3 - 14 * u2 * u / 45, (1 / u_safe).sub_(1 / tanh).add_(tanh)).div_(2)
-    return log_c, gradient
+    and its derivative 2u/3 - 14 u^3/45, computed for those few elements only."""
+    u = logits * 0.5
+    tanh = torch.tanh(u)
+    log_c = torch.log(u / tanh)  # NaN at u = 0, replaced below
+    gradient = torch.reciprocal(u).sub_(torch.reciprocal(tanh)).add_(tanh)
+    small = (u.abs() < _SERIES_BELOW).nonzero(as_tuple=True)
+    if small[0].numel():
+        u_small = u[small]
+        u2 = u_small * u_small
+        log_c[small] = u2 / 3 - 7 * u2 * u2 / 90
+        gradient[small] = 2 * u_small / 3 - 14 * u2 * u_small / 45
+    return log_c.add_(math.log(2.0)), gradient.div_(2)
 
 
 def _bce_terms(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
