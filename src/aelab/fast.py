@@ -9,9 +9,12 @@ Why not autograd: for a 784-100-50-100-784 model on a CPU most of an autograd st
 matmuls but per-operation overhead and elementwise passes. Here the backward is the chain
 rule written out: activation derivatives come from the saved outputs through the same
 ATen kernels autograd itself calls, and the loss gradient with respect to the logits is
-fused (BCE with logits: `sigmoid(z) - x`). The optimizer stays a real `torch.optim`
-object that reads the gradients this step writes into `.grad`, so its state checkpoints
-and resumes exactly as before.
+fused (BCE with logits: `sigmoid(z) - x`). Nothing is copied: activations whose derivative
+needs only their output run in place, their derivatives overwrite the incoming gradient,
+and the loss head overwrites the logits with its gradient. The optimizer stays a real
+`torch.optim` object that reads the gradients this step writes into `.grad`, so its state
+checkpoints and resumes exactly as before; `OptimizerStep` calls fused Adam's kernel on
+that state directly.
 
 Shapes: x (M, B, D) inputs and targets; z, a (M, B, out) pre-activations and outputs of a
 layer; losses (M,) the mean loss per member (mean over pixels and images, as
