@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import DivergenceError
-from aelab.fast import DenseStep, OptimizerStep, dense_parameters, fast_optimizer, fast_step_problem
+from aelab.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
 from aelab.models import DenseAutoencoder
 from aelab.runs import check_free_space, load_run, prepare_run_dir, run_lock, save_config, write_status
 from aelab.train import (
@@ -201,11 +201,10 @@ class _Group:
                 view.grad = self.step.gradient(stacked)[start:end]
             self.optimizers.append((start, end, fast_optimizer(trainers[start].optimizer, views), views))
             start = end
-        self.steppers = [OptimizerStep(optimizer) for _, _, optimizer, _ in self.optimizers]
 
     def optimizer_step(self) -> None:
-        for step in self.steppers:
-            step()
+        for _, _, optimizer, _ in self.optimizers:
+            optimizer_step(optimizer)
 
     def share_state(self) -> None:
         """Give each member's own optimizer its slice of the shared state (views, no copies),

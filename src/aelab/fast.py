@@ -13,7 +13,7 @@ fused (BCE with logits: `sigmoid(z) - x`). Nothing is copied: activations whose 
 needs only their output run in place, their derivatives overwrite the incoming gradient,
 and the loss head overwrites the logits with its gradient. The optimizer stays a real
 `torch.optim` object that reads the gradients this step writes into `.grad`, so its state
-checkpoints and resumes exactly as before; `OptimizerStep` calls fused Adam's kernel on
+checkpoints and resumes exactly as before; `optimizer_step` calls fused Adam's kernel on
 that state directly.
 
 Shapes: x (M, B, D) inputs and targets; z, a (M, B, out) pre-activations and outputs of a
@@ -184,7 +184,32 @@ def fast_optimizer(
     return type(optimizer)(params, **defaults)
 
 
-class OptimizerStep:
+def _fused_adam_lists(optimizer: torch.optim.Optimizer) -> tuple[list[torch.Tensor], ...] | None:
+    """The tensor lists fused Adam's kernel takes, from the optimizer's own state (a few
+    microseconds to gather), or None when the kernel cannot be called directly."""
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
+        return None
+    group = optimizer.param_groups[0]
+    if not group.get("fused") or group["amsgrad"] or group.get("capturable") or group.get("differentiable"):
+        return None
+    if isinstance(group["lr"], torch.Tensor):
+        return None
+    params = group["params"]
+    grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
+    for param in params:
+        state = optimizer.state.get(param)
+        if param.grad is None or not state or "exp_avg" not in state:
+            return None  # a parameter without a gradient, or the first step, which creates the state
+        if param.device.type != "cpu" or param.dtype != torch.float32 or param.grad.dtype != torch.float32:
+            return None
+        grads.append(param.grad)
+        exp_avgs.append(state["exp_avg"])
+        exp_avg_sqs.append(state["exp_avg_sq"])
+        steps.append(state["step"])
+    return list(params), grads, exp_avgs, exp_avg_sqs, steps
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     """`optimizer.step()`, with fused Adam's kernel called directly once its state exists.
 
     `torch.optim.Adam(fused=True).step()` spends more time in Python (grouping the tensors by
@@ -194,50 +219,20 @@ class OptimizerStep:
     are those of `optimizer.step()`, and a loaded state dict is picked up. Anything else (the
     first step, which creates the state; another optimizer; several parameter groups; amsgrad;
     a parameter without a gradient; a GPU) goes through `optimizer.step()`."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
-        self.optimizer = optimizer
-
-    def _direct_lists(self) -> tuple[list[torch.Tensor], ...] | None:
-        """The fused kernel's tensor lists (a few microseconds to gather), or None when the
-        kernel cannot be called directly."""
-        optimizer = self.optimizer
-        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW) or len(optimizer.param_groups) != 1:
-            return None
-        group = optimizer.param_groups[0]
-        if not group.get("fused") or group["amsgrad"] or group.get("capturable") or group.get("differentiable"):
-            return None
-        if isinstance(group["lr"], torch.Tensor):
-            return None
-        params = group["params"]
-        grads, exp_avgs, exp_avg_sqs, steps = [], [], [], []
-        for param in params:
-            state = optimizer.state.get(param)
-            if param.grad is None or not state or "exp_avg" not in state:
-                return None  # a parameter without a gradient, or the first step, which creates the state
-            if param.device.type != "cpu" or param.dtype != torch.float32 or param.grad.dtype != torch.float32:
-                return None
-            grads.append(param.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
-        return list(params), grads, exp_avgs, exp_avg_sqs, steps
-
-    def __call__(self) -> None:
-        lists = self._direct_lists()
-        if lists is None:
-            self.optimizer.step()
-            return
-        params, grads, exp_avgs, exp_avg_sqs, steps = lists
-        group = self.optimizer.param_groups[0]
-        beta1, beta2 = group["betas"]
-        kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
-        torch._foreach_add_(steps, 1)
-        kernel(
-            params, grads, exp_avgs, exp_avg_sqs, [], steps,
-            amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-            eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None,
-        )  # fmt: skip
+    lists = _fused_adam_lists(optimizer)
+    if lists is None:
+        optimizer.step()
+        return
+    params, grads, exp_avgs, exp_avg_sqs, steps = lists
+    group = optimizer.param_groups[0]
+    beta1, beta2 = group["betas"]
+    kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay") else torch._fused_adam_
+    torch._foreach_add_(steps, 1)
+    kernel(
+        params, grads, exp_avgs, exp_avg_sqs, [], steps,
+        amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+        eps=group["eps"], maximize=group["maximize"], grad_scale=None, found_inf=None,
+    )  # fmt: skip
 
 
 @dataclass
@@ -498,8 +493,8 @@ __all__ = [
     "ENGINES",
     "DenseStep",
     "FastStep",
-    "OptimizerStep",
     "choose_engine",
     "fast_optimizer",
     "fast_step_problem",
+    "optimizer_step",
 ]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
-from aelab.fast import FastStep, OptimizerStep, choose_engine, choose_threads, fast_optimizer
+from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, bce_floor, expected_pixels, get_loss
 from aelab.metrics import SetStatistics, image_metrics
@@ -139,8 +139,15 @@ class Trainer:
         self.val_stored, self.val_scale = self._validation_targets(seed + 2)
         # The BCE floor of every validation chunk, for the bce_excess metric: the targets never
         # change, so it is computed once rather than every epoch.
-        self.val_bce_floors: list[torch.Tensor] = []
-        self.val_floor = self._chunked_means(self._floors)["floor"]
+        self.val_bce_floors = [
+            bce_floor(self.val_batch(start, start + EVAL_CHUNK)) for start in range(0, len(self.val_stored), EVAL_CHUNK)
+        ]
+        loss_floor = LOSS_FLOORS[config.train.loss]
+        self.val_floor = self._chunked_means(
+            lambda index, chunk: {
+                "floor": (self.val_bce_floors[index] if loss_floor is bce_floor else loss_floor(chunk)).mean()
+            }
+        )["floor"]
         stored_max = float(self.val_stored.max()) if self.val_stored.numel() else 1.0
         self.data_range = max(1.0, stored_max * self.val_scale)
         self.epoch = 0
@@ -178,12 +185,6 @@ class Trainer:
     def val_targets(self) -> torch.Tensor:
         """All validation targets as floats (a full-size copy; evaluation works in chunks)."""
         return self.val_batch(0, self.val_stored.shape[0])
-
-    def _floors(self, index: int, chunk: torch.Tensor) -> dict[str, Any]:
-        bce_floors = bce_floor(chunk)
-        self.val_bce_floors.append(bce_floors)
-        floors = bce_floors if self.config.train.loss == "bce" else LOSS_FLOORS[self.config.train.loss](chunk)
-        return {"floor": floors.mean()}
 
     def _chunked_means(self, means: Callable[[int, torch.Tensor], dict[str, Any]]) -> dict[str, float]:
         """`means(index, chunk)` (a dict of the means over the images of chunk number `index`)
@@ -311,7 +312,7 @@ class Trainer:
         the batch's mean loss as a 0-d tensor, without synchronising with the device."""
         if self.fast_step is not None:
             loss = self.fast_step(images)  # writes the gradients into .grad
-            OptimizerStep(self.optimizer)()  # the fused kernel without Optimizer.step's Python
+            optimizer_step(self.optimizer)  # the fused kernel without Optimizer.step's Python
             return loss
         loss = loss_per_sample(self.model, self.config.train.loss, self.model(images), images).mean()
         self.optimizer.zero_grad(set_to_none=True)
