@@ -34,7 +34,7 @@ from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import DivergenceError
 from aelab.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
 from aelab.models import DenseAutoencoder
-from aelab.runs import check_free_space, load_run, prepare_run_dir, run_lock, save_config, write_status
+from aelab.runs import check_free_space, claim_run_dir, load_run, save_config, write_status
 from aelab.train import (
     Callback,
     Trainer,
@@ -243,11 +243,10 @@ def _train_group(
 ) -> list[TrainResult]:
     first = configs[0]
     set_threads(first, data, members=len(configs))
-    run_dirs = [prepare_run_dir(out, overwrite=overwrite) if out is not None else None for out in outs]
-    with contextlib.ExitStack() as locks:
-        for run_dir in run_dirs:
-            if run_dir is not None:
-                locks.enter_context(run_lock(run_dir))
+    with contextlib.ExitStack() as locks:  # each folder locked before it is checked or cleared, as in `train`
+        run_dirs = [
+            locks.enter_context(claim_run_dir(out, overwrite=overwrite)) if out is not None else None for out in outs
+        ]
         return _train_locked_group(configs, run_dirs, data, progress, share_batches, callbacks)
 
 

@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aelab.runs import FINDINGS_FILE
+
 SEVERITIES = ("info", "warning", "error")
-FINDINGS_FILE = "findings.json"
 
 
 @dataclass(frozen=True)

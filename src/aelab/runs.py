@@ -6,6 +6,12 @@ A run folder describes itself:
     model.safetensors    the trained weights, with the config and image shape in its metadata
     checkpoint.safetensors  weights, optimizer state, epoch and RNG states, to resume exactly
     status.json          "running", "finished" or "diverged"; only "finished" is a finished run
+    findings.json        the doctor's findings (aelab.findings)
+    report.html          the run's report (aelab.report)
+    .aelab.lock          held (fcntl) by the process writing the folder; removed when it is done
+
+These names (RUN_FILES) are the only files `--overwrite` may delete: a folder holding anything
+else, or a sweep folder (it holds sweep.yaml), is refused as a run folder to replace.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 kill at any instant leaves the old complete file or the new one, never a torn one. Nothing
@@ -36,13 +42,31 @@ from aelab.config import RunConfig
 from aelab.errors import AelabError, RunFolderError
 from aelab.models import Autoencoder, build_model
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, runs go unguarded
+    fcntl = None  # type: ignore[assignment]
+
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 MODEL_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATUS_FILE = "status.json"
+FINDINGS_FILE = "findings.json"
+REPORT_FILE = "report.html"
 LOCK_FILE = ".aelab.lock"
 WRITE_PROBE = ".aelab-write-test"
+# Every file aelab writes in a run folder, and so all that `--overwrite` may delete there (with
+# the temporaries `.NAME.*.tmp` that an interrupted atomic write of one of them leaves).
+RUN_FILES = (
+    CONFIG_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, STATUS_FILE, FINDINGS_FILE, REPORT_FILE,
+    LOCK_FILE, WRITE_PROBE,
+)  # fmt: skip
+# A sweep folder's own files (aelab.sweep); its run folders are subfolders.
+SWEEP_FILE = "sweep.yaml"
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+SWEEP_FILES = (SWEEP_FILE, RESULTS_CSV, RESULTS_JSON, REPORT_FILE)
 MODEL_FORMAT = "aelab-model-1"
 CHECKPOINT_FORMAT = "aelab-checkpoint-1"
 
@@ -265,13 +289,59 @@ def _weights_source(run_dir: Path) -> tuple[Path, dict[str, torch.Tensor], dict[
     return source, tensors, metadata
 
 
+def is_temporary_of(name: str, own_names: tuple[str, ...]) -> bool:
+    """True for `.NAME.XXXX.tmp`, the temporary an interrupted atomic write of NAME leaves."""
+    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in own_names)
+
+
+def foreign_entries(folder: Path, own_names: tuple[str, ...] = RUN_FILES) -> list[str]:
+    """The entries of `folder` that aelab did not write there (subfolders end in "/"), sorted;
+    `own_names` are the files it writes (a run folder's by default)."""
+    foreign = []
+    for child in Path(folder).iterdir():
+        if child.is_file() and not child.is_symlink():
+            if child.name in own_names or is_temporary_of(child.name, own_names):
+                continue
+            foreign.append(child.name)
+        else:
+            foreign.append(child.name + ("/" if child.is_dir() else ""))
+    return sorted(foreign)
+
+
+def describe_entries(names: list[str]) -> str:
+    """ "train.py", "train.py and data.csv" or "train.py, data.csv and 3 more"."""
+    if len(names) <= 2:
+        return " and ".join(names)
+    return f"{names[0]}, {names[1]} and {len(names) - 2} more"
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """Refuse a folder that is not a plain aelab run folder (a sweep folder, or one holding a
+    file or folder aelab did not write), so nothing the user had there is ever deleted."""
+    if (run_dir / SWEEP_FILE).exists():
+        raise RunFolderError(
+            f"{run_dir} is a sweep folder (it holds {SWEEP_FILE}), not a run folder; "
+            f"`aelab compare --out {run_dir}` resumes it, or choose another --out"
+        )
+    foreign = foreign_entries(run_dir)
+    if foreign:
+        raise RunFolderError(
+            f"run folder {run_dir} holds {describe_entries(foreign)}, which aelab did not write; "
+            "--overwrite only replaces a run folder's own files: choose another --out"
+        )
+
+
 def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
-    """Create an empty run folder, refusing to reuse one that holds files."""
+    """Create an empty run folder, refusing to reuse one that holds files; with `overwrite`,
+    delete an earlier run's files (RUN_FILES only; a folder holding anything else is refused).
+    Call it holding the folder's `run_lock` (`claim_run_dir` does both), so that a run still
+    going in another process is refused rather than deleted."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
     # A folder that holds only our lock file (a run refused before it wrote anything) is empty.
     if run_dir.exists() and any(child.name not in (LOCK_FILE, WRITE_PROBE) for child in run_dir.iterdir()):
+        check_replaceable(run_dir)
         if not overwrite:
             state = read_status(run_dir).get("state")
             hint = (
@@ -279,7 +349,7 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
             )
             raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
         for child in run_dir.iterdir():
-            if child.is_file():
+            if child.name != LOCK_FILE and child.is_file():
                 child.unlink()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -291,6 +361,28 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
             f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
         ) from None
     return run_dir
+
+
+@contextlib.contextmanager
+def claim_run_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Take a run folder for one run: create it, take its lock, then check and (with
+    `overwrite`) clear it, and hold the lock until the block ends. The lock comes before
+    anything is deleted or written, so a second process is refused while the first trains and
+    never replaces its files; the folder's contents are checked before the lock file is made,
+    so a folder that is not aelab's is refused without a trace."""
+    run_dir = Path(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+    if run_dir.is_dir():
+        check_replaceable(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(
+            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+        ) from None
+    with run_lock(run_dir):
+        yield prepare_run_dir(run_dir, overwrite=overwrite)
 
 
 # --- crash safety: free space, stale temporaries, one writer at a time
@@ -307,11 +399,11 @@ def check_free_space(run_dir: Path, needed_bytes: int) -> None:
 
 
 def remove_temporaries(run_dir: Path) -> list[str]:
-    """Delete the temporary files a killed writer left (`.NAME.*.tmp`, the write probe); returns
-    their names."""
+    """Delete the temporary files a killed writer left (`.NAME.*.tmp` for a run folder's own
+    files, the write probe); returns their names. Files aelab did not write are left alone."""
     removed = []
     for child in Path(run_dir).iterdir():
-        stale = (child.name.startswith(".") and child.name.endswith(".tmp")) or child.name == WRITE_PROBE
+        stale = is_temporary_of(child.name, RUN_FILES) or child.name == WRITE_PROBE
         if stale and child.is_file():
             child.unlink(missing_ok=True)
             removed.append(child.name)
@@ -322,25 +414,46 @@ def remove_temporaries(run_dir: Path) -> list[str]:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on a run folder while training writes to it. The operating system
     drops the lock when the process ends, even under SIGKILL, so a killed run never blocks its
-    resume; a run still going in another process is refused."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unguarded
+    resume; a run still going in another process is refused.
+
+    The lock file is removed when the block ends. That is safe because it is unlinked only by
+    the process holding the lock, and a process that locks the file checks afterwards that it
+    is still the one at the path: one that opened the file just before its holder removed it
+    ends up locking a file no longer in the folder, sees so, and tries again on a fresh one."""
+    if fcntl is None:  # pragma: no cover - Windows
         yield
         return
-    try:
-        handle = open(run_dir / LOCK_FILE, "a+b")  # noqa: SIM115 - held for the whole run
-    except OSError as error:
-        raise RunFolderError(
-            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
-        ) from None
-    try:
+    path = run_dir / LOCK_FILE
+    while True:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:
             raise RunFolderError(
-                f"run folder {run_dir} is being trained by another process right now; wait for it to end"
+                f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
             ) from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(descriptor)
+            raise RunFolderError(
+                f"run folder {run_dir} is being trained by another process right now; "
+                "wait for it to end or choose another --out"
+            ) from None
+        if _is_file_at(descriptor, path):
+            break
+        os.close(descriptor)  # its holder removed it after we opened it: lock the file there now
+    try:
         yield
     finally:
-        handle.close()
+        with contextlib.suppress(OSError):
+            path.unlink()  # while holding the lock: see the docstring
+        os.close(descriptor)
+
+
+def _is_file_at(descriptor: int, path: Path) -> bool:
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)

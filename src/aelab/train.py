@@ -36,12 +36,15 @@ from aelab.runs import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CONFIG_FILE,
+    SWEEP_FILE,
     atomic_write_bytes,
     check_free_space,
+    claim_run_dir,
+    describe_entries,
+    foreign_entries,
     load_config,
     load_run,
     load_weights,
-    prepare_run_dir,
     read_safetensors,
     read_status,
     remove_temporaries,
@@ -516,8 +519,8 @@ def train(
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
     check_config(config)
-    run_dir = prepare_run_dir(out, overwrite=overwrite) if out is not None else None
-    with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
+    # The folder's lock is taken before --overwrite clears it and held for the whole run.
+    with claim_run_dir(out, overwrite=overwrite) if out is not None else contextlib.nullcontext() as run_dir:
         if data is None:
             data = load_dataset(config.data)
         set_threads(config, data)
@@ -550,6 +553,11 @@ def resume(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+    if (run_dir / SWEEP_FILE).exists():
+        raise RunFolderError(
+            f"{run_dir} is a sweep folder (it holds {SWEEP_FILE}), not a run folder; "
+            f"`aelab compare --out {run_dir}` resumes it"
+        )
     status = read_status(run_dir)
     if status.get("state") == "finished":
         run = load_run(run_dir)
@@ -561,6 +569,12 @@ def resume(
         reason = status.get("message") or "its training loss diverged"
         raise DivergenceError(f"{run_dir} diverged before and would again ({reason})")
     if not (run_dir / CONFIG_FILE).exists():
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            raise RunFolderError(
+                f"{run_dir} is not a run folder (no {CONFIG_FILE}; it holds {describe_entries(foreign)}, which "
+                "aelab did not write); pass the folder that `aelab train --out` wrote"
+            )
         raise RunFolderError(
             f"{run_dir} has no {CONFIG_FILE}: it was stopped before training started, or is not a run folder; "
             f"start it again with `aelab train --out {run_dir} --overwrite` and your options"
