@@ -132,7 +132,11 @@ def test_a_finished_folder_with_another_config_is_never_overwritten(tiny_sweep):
     _, out, _ = tiny_sweep
     other = SweepSpec(TINY_BASE.replace(train={"epochs": 2}), parse_grid(["loss=bce", "activation=relu"]))
     model = out / "loss-bce_activation-relu" / "model.safetensors"
-    before = model.read_bytes()
-    with pytest.raises(RunFolderError, match=r"holds another config \(train.epochs is 1 there, 2 here\)"):
+    before, recorded = model.read_bytes(), (out / "sweep.yaml").read_text()
+    # The sweep was made with another base config: refused, saying what differs (issue 10).
+    with pytest.raises(RunFolderError, match=r"another base config \(train.epochs is 1 there, 2 here\)"):
         run_sweep(other, out)
-    assert model.read_bytes() == before
+    # Extending the sweep with it would put another config into a run folder of that name.
+    with pytest.raises(RunFolderError, match=r"has another config than .* \(train.epochs is 1 there, 2 here\)"):
+        run_sweep(other, out, extend=True)
+    assert model.read_bytes() == before and (out / "sweep.yaml").read_text() == recorded

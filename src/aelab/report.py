@@ -24,10 +24,8 @@ import numpy as np
 
 from aelab.errors import RunFolderError
 from aelab.evaluate import COLLAPSE_BLOB_SCORE, Evaluation, evaluate_runs
-from aelab.runs import CONFIG_FILE, atomic_write_text
-from aelab.sweep import SweepSpec, read_sweep, short_key
-
-REPORT_FILE = "report.html"
+from aelab.runs import CONFIG_FILE, REPORT_FILE, atomic_write_text
+from aelab.sweep import Sweep, read_sweep, short_key
 
 # (key, column label, which value is best, format, meaning). Best: "min", "max", or the value
 # to be closest to ("zero", "one").
@@ -470,18 +468,19 @@ def failures(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> list[d
 # --- collecting run folders and rendering
 
 
-def find_runs(path: Path) -> tuple[list[Path], SweepSpec | None]:
-    """The run folders a report covers: `path` itself when it is a run folder, else its
-    subfolders holding a config.yaml (in the sweep's grid order when it has a sweep.yaml)."""
+def find_runs(path: Path) -> tuple[list[Path], Sweep | None]:
+    """The run folders a report covers: `path` itself when it is a run folder; for a sweep
+    folder (it has a sweep.yaml) the sweep's runs that have started, in grid order, the runs
+    results.json lists; else the subfolders holding a config.yaml."""
     if not path.is_dir():
         raise RunFolderError(f"{path} is not a folder; pass a run folder or a sweep folder")
     if (path / CONFIG_FILE).exists():
         return [path], None
     spec = read_sweep(path)
-    found = sorted(child for child in path.iterdir() if (child / CONFIG_FILE).exists())
     if spec is not None:
-        order = {point.name: i for i, point in enumerate(spec.points())}
-        found.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
+        found = [path / point.name for point in spec.points() if (path / point.name / CONFIG_FILE).exists()]
+    else:
+        found = sorted(child for child in path.iterdir() if (child / CONFIG_FILE).exists())
     if not found:
         raise RunFolderError(f"{path} holds no run folders (no */{CONFIG_FILE}); pass a run or sweep folder")
     return found, spec
@@ -497,7 +496,7 @@ def _value_text(key: str, value: Any) -> str:
     return f"{key} {value}"
 
 
-def _labels(run_dirs: Sequence[Path], spec: SweepSpec | None) -> tuple[list[str], list[str]]:
+def _labels(run_dirs: Sequence[Path], spec: Sweep | None) -> tuple[list[str], list[str]]:
     """(label, seed-free group key) per run: "bce · relu · seed 1" and "bce · relu" for a sweep's
     runs, the folder name otherwise."""
     points = {point.name: point.values for point in spec.points()} if spec is not None else {}
@@ -514,7 +513,7 @@ def _labels(run_dirs: Sequence[Path], spec: SweepSpec | None) -> tuple[list[str]
     return labels, groups
 
 
-def _shared_settings(evaluations: Sequence[Evaluation], spec: SweepSpec | None) -> list[tuple[str, str]]:
+def _shared_settings(evaluations: Sequence[Evaluation], spec: Sweep | None) -> list[tuple[str, str]]:
     configs = [e.config.to_dict() for e in evaluations if e.config is not None]
     if not configs:
         return []

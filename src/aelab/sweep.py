@@ -5,14 +5,18 @@ to try. Keys are a field's name (`loss`, `activation`, `learning_rate`, `seed`),
 `section.field` (`train.loss`) or a short alias (`lr`, `hidden`, `latent`, `dataset`). The
 sweep folder holds:
 
-    sweep.yaml      the base config and the grid, so the folder describes itself
+    sweep.yaml      the base config and the grid, so the folder describes itself (a sweep
+                    extended with another grid lists that one under `extended`)
     NAME/           one run folder per grid point, NAME built from the grid values
     results.csv     one row per run: the grid values, the run's state, every metric
     results.json    the same rows as JSON
+    report.html     the report on the same runs (aelab.report)
 
 `run_sweep(spec, out)` trains only what is missing: a finished run folder whose config
 matches is kept, a run killed mid-way is resumed (or restarted where this aelab cannot
-resume), and a finished folder is never overwritten.
+resume), and a finished folder is never overwritten. A sweep folder made with another
+grid or base config is refused unless `extend` adds the new grid's runs to the sweep; the
+results and the report then cover every run of every grid.
 """
 
 from __future__ import annotations
@@ -36,13 +40,23 @@ import yaml
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.errors import AelabError, ConfigError, RunFolderError
-from aelab.runs import atomic_write_text, load_config, read_config_file, read_status
+from aelab.runs import (
+    RESULTS_CSV,
+    RESULTS_JSON,
+    STATUS_FILE,
+    SWEEP_FILE,
+    atomic_write_text,
+    describe_entries,
+    foreign_entries,
+    is_temporary_of,
+    load_config,
+    read_config_file,
+    read_status,
+)
 
 log = logging.getLogger(__name__)
 
-SWEEP_FILE = "sweep.yaml"
-RESULTS_CSV = "results.csv"
-RESULTS_JSON = "results.json"
+EXTENDED_KEY = "extended"  # sweep.yaml: the grids added to the sweep after the first
 DONE_STATES = ("finished", "diverged")  # a diverged run would diverge again: keep it as a result
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
@@ -257,6 +271,62 @@ class SweepSpec:
         return cls(spec_base, {k: v for k, v in DEFAULT_GRID.items() if resolve_key(k) not in fixed})
 
 
+def _config_value(config: RunConfig, key: str) -> Any:
+    section, name = resolve_key(key)
+    value = getattr(getattr(config, section), name)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def grid_text(grid: dict[str, tuple[Any, ...]]) -> str:
+    """A grid as one would type it: "loss=bce,mse activation=relu"."""
+    return " ".join(f"{short_key(k)}={','.join(_format_value(v) for v in values)}" for k, values in grid.items())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What a sweep folder holds: the spec it was made with, then each spec added to it since
+    (`run_sweep(..., extend=True)`). Its runs are every spec's runs."""
+
+    specs: tuple[SweepSpec, ...]
+
+    def points(self) -> list[GridPoint]:
+        """Every spec's points in order, each folder name once. With several specs, a point's
+        values cover the grid keys of all of them (read from its config), so that every row
+        of the results names the same keys. Raises RunFolderError when two specs give one
+        folder name different configs."""
+        if len(self.specs) == 1:
+            return self.specs[0].points()
+        keys = {short_key(key): key for spec in self.specs for key in spec.grid}
+        points: dict[str, GridPoint] = {}
+        for spec in self.specs:
+            for point in spec.points():
+                if point.name in points:
+                    if points[point.name].config != point.config:
+                        difference = _config_difference(point.config, points[point.name].config)
+                        raise RunFolderError(
+                            f"run {point.name} of this grid has another config than the sweep's run of that "
+                            f"name ({difference}); choose another --out"
+                        )
+                    continue
+                values = {short: _config_value(point.config, key) for short, key in keys.items()}
+                points[point.name] = GridPoint(point.name, values, point.config)
+        return list(points.values())
+
+    @property
+    def grid(self) -> dict[str, tuple[Any, ...]]:
+        """Every key of every spec's grid with all the values it takes, in first-seen order."""
+        grid: dict[str, tuple[Any, ...]] = {}
+        for spec in self.specs:
+            for key, values in spec.grid.items():
+                known = next((k for k in grid if short_key(k) == short_key(key)), key)
+                grid[known] = (*grid.get(known, ()), *(v for v in values if v not in grid.get(known, ())))
+        return grid
+
+    def to_dict(self) -> dict[str, Any]:
+        first, *more = self.specs
+        return {**first.to_dict(), EXTENDED_KEY: [spec.to_dict() for spec in more]} if more else first.to_dict()
+
+
 def load_sweep_file(path: str | Path, base: RunConfig = DEFAULT_BASE) -> SweepSpec:
     """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`."""
     return SweepSpec.from_dict(read_config_file(path), base)
@@ -324,18 +394,23 @@ def run_sweep(
     *,
     progress: bool = False,
     echo: Callable[[str], None] | None = None,
+    extend: bool = False,
 ) -> SweepResult:
     """Train every grid point of `spec` that is not finished yet into `out/NAME`, evaluate all
     runs on their validation split (`aelab.evaluate.evaluate_run`) and write results.csv and
-    results.json. `echo` receives one line per run as the sweep goes."""
+    results.json. `echo` receives one line per run as the sweep goes.
+
+    `out` may be a sweep folder made with this spec (or holding it among the specs it was
+    extended with): its unfinished runs are finished. One made with another spec is refused
+    with a RunFolderError, unless `extend` adds `spec` to the sweep: the results then cover
+    the runs of every spec. A folder that holds other things and no sweep.yaml is refused."""
     from aelab.evaluate import evaluate_runs
 
     say = echo or (lambda line: None)
     out = Path(out)
-    points = spec.points()
-    _check_sweep_folder(out, spec)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    spec.points()  # a grid point that is not a valid config is refused before anything is written
+    sweep = _sweep_for(out, spec, extend)
+    points = sweep.points()
 
     fresh, unfinished, skipped = [], [], []
     for point in points:
@@ -354,6 +429,8 @@ def run_sweep(
             )
         state = read_status(run_dir).get("state")
         (skipped if state in DONE_STATES else unfinished).append(point)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     counts = f"{len(skipped)} done before, {len(unfinished)} to resume, {len(fresh)} to train"
     say(f"sweep {out}: {len(points)} runs ({counts})")
     for point in unfinished:
@@ -377,11 +454,41 @@ def run_sweep(
     )
 
 
-def _check_sweep_folder(out: Path, spec: SweepSpec) -> None:
+def _check_sweep_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out} exists and is not a folder; choose another --out")
-    if (out / "status.json").exists():
+    if (out / STATUS_FILE).exists():
         raise RunFolderError(f"{out} is a run folder, not a sweep folder; choose another --out")
+    if out.is_dir() and not (out / SWEEP_FILE).exists():
+        # sweep.yaml is written first, so anything but an interrupted write of it is not aelab's
+        foreign = [name for name in foreign_entries(out, ()) if not is_temporary_of(name, (SWEEP_FILE,))]
+        if foreign:
+            raise RunFolderError(
+                f"{out} holds {describe_entries(foreign)} and no {SWEEP_FILE}, so it is not a sweep folder; "
+                "choose another --out (a new or empty folder)"
+            )
+
+
+def _sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
+    """The sweep that `spec` run into `out` makes: a new one, the folder's own (when it holds
+    `spec`), or with `extend` the folder's plus `spec`; another spec is refused."""
+    _check_sweep_folder(out)
+    recorded = read_sweep(out)
+    if recorded is None:
+        return Sweep((spec,))
+    if spec in recorded.specs:
+        return recorded
+    if extend:
+        return Sweep((*recorded.specs, spec))
+    first = recorded.specs[0]
+    if spec.base != first.base:
+        what = f"another base config ({_config_difference(spec.base, first.base)})"
+    else:
+        what = f"another grid ({grid_text(recorded.grid) or 'none'} there, {grid_text(spec.grid) or 'none'} here)"
+    raise RunFolderError(
+        f"sweep folder {out} was made with {what}; `aelab compare --out {out}` alone resumes it as it is, "
+        "another --out starts a new sweep, --extend adds this grid's runs to it"
+    )
 
 
 def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
@@ -416,10 +523,14 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def read_sweep(out: str | Path) -> SweepSpec | None:
-    """The spec a sweep folder was made with, or None when it has no sweep.yaml."""
+def read_sweep(out: str | Path) -> Sweep | None:
+    """The sweep a sweep folder holds (the spec it was made with and any it was extended
+    with), or None when it has no sweep.yaml."""
     path = Path(out) / SWEEP_FILE
     if not path.exists():
         return None
     raw = read_config_file(path)
-    return SweepSpec.from_dict(raw, RunConfig())
+    extended = raw.pop(EXTENDED_KEY, None) or []
+    if not isinstance(extended, list) or not all(isinstance(part, dict) for part in extended):
+        raise RunFolderError(f"{path}: {EXTENDED_KEY!r} must be a list of sweeps; the file was edited or damaged")
+    return Sweep(tuple(SweepSpec.from_dict(part, RunConfig()) for part in (raw, *extended)))
