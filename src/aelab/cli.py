@@ -129,6 +129,7 @@ def command_train(args: argparse.Namespace) -> int:
         return command_resume(args)
     config = run_config_from_args(args)
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
+    args.interrupted_folder = ("train", Path(out))
     doctor = Doctor()
     result = train(config, out, progress=not args.quiet, overwrite=args.overwrite, callbacks=[doctor])
     last = result.history[-1]
@@ -191,13 +192,21 @@ def _show(value: Any) -> str:
 
 def command_compare(args: argparse.Namespace) -> int:
     from aelab.report import render_report
-    from aelab.sweep import SweepSpec, parse_grid, run_sweep
+    from aelab.runs import SWEEP_FILE
+    from aelab.sweep import SweepSpec, parse_grid, read_sweep, run_sweep
 
     raw = raw_config_from_args(args, kind="sweep file")
     grid = {**(raw.get("grid") or {}), **parse_grid(args.grid or [])} if args.grid else raw.get("grid")
     spec = SweepSpec.from_dict({**raw, "grid": grid})
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
-    result = run_sweep(spec, out, progress=not args.quiet, echo=lambda line: print(line, flush=True))
+    recorded = read_sweep(out)
+    if recorded is not None and not args.grid and not given_run_flags(args):
+        spec = recorded.specs[0]  # `aelab compare --out DIR` alone: the sweep DIR holds, finished
+        print(f"sweep {out}: continuing it with its {SWEEP_FILE}", flush=True)
+    args.interrupted_folder = ("compare", Path(out))
+    result = run_sweep(
+        spec, out, progress=not args.quiet, echo=lambda line: print(line, flush=True), extend=args.extend
+    )
     print(f"results: {result.out / 'results.csv'}")
     if not args.no_report:
         print(f"report: {render_report(result.out, evaluations=result.evaluations)}")
@@ -256,7 +265,17 @@ def add_compare_commands(commands: Any) -> None:
         metavar="KEY=V,V",
         help="grid axes, e.g. loss=bce,mse activation=sigmoid,relu lr=1e-2,1e-3 seed=0,1,2 hidden=[100],[128,64]",
     )
-    compare.add_argument("--out", metavar="DIR", help="sweep folder (default runs/compare-TIME)")
+    compare.add_argument(
+        "--out",
+        metavar="DIR",
+        help="sweep folder (default runs/compare-TIME); an existing one, with no run options or --grid, is "
+        "finished as it was made",
+    )
+    compare.add_argument(
+        "--extend",
+        action="store_true",
+        help="add this grid's runs to the existing sweep folder --out (else a sweep made with another grid is refused)",
+    )
     compare.add_argument("--no-report", action="store_true", help="skip report.html")
     compare.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     compare.set_defaults(handler=command_compare)
@@ -287,18 +306,25 @@ def command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def given_run_flags(args: argparse.Namespace) -> list[str]:
+    """The run options (and --config, --raw-pixels, --tied) given on the command line."""
+    given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
+    others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
+    return given + [flag for flag, value in others if value]
+
+
 def command_resume(args: argparse.Namespace) -> int:
     from aelab.runs import load_config
     from aelab.train import resume
 
-    given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
-    others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
-    given += [flag for flag, value in (*others, ("--out", args.out), ("--overwrite", args.overwrite)) if value]
+    given = given_run_flags(args)
+    given += [flag for flag, value in (("--out", args.out), ("--overwrite", args.overwrite)) if value]
     if given:
         raise ConfigError(
             f"--resume continues a run with the config in its folder; drop {', '.join(given)} "
             "(start a new run to change them)"
         )
+    args.interrupted_folder = ("train", Path(args.resume))
     result = resume(args.resume, progress=not args.quiet)
     loss = load_config(Path(args.resume)).train.loss
     start = result.extras.get("resumed_from_epoch")
@@ -330,7 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue an unfinished run folder from its last checkpoint"
     )
     train_parser.add_argument("--out", metavar="DIR", help="run folder to write (default runs/LOSS-ACTIVATION-TIME)")
-    train_parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    train_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier run in --out (refused for a folder holding anything aelab did not "
+        "write, a sweep folder, or a run still training)",
+    )
     train_parser.add_argument("--quiet", action="store_true", help="no progress bars")
     train_parser.add_argument(
         "--strict", action="store_true", help=f"exit {EXIT_FINDINGS} when the doctor finds an error-level problem"
@@ -357,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
 EXIT_DIVERGED = 4  # training diverged (NaN, Inf or exploding loss); 3 is the doctor's --strict
 
 
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """What to type to carry on after Ctrl-C, from what the command had written by then."""
+    from aelab.runs import CONFIG_FILE, SWEEP_FILE
+
+    command, folder = getattr(args, "interrupted_folder", (None, None))
+    if command == "train" and (folder / CONFIG_FILE).exists():
+        return f"; continue the run with `aelab train --resume {folder}`"
+    if command == "compare" and (folder / SWEEP_FILE).exists():
+        return f"; finish the sweep with `aelab compare --out {folder}`"
+    if command is not None:
+        return f"; nothing was trained into {folder} yet, run the same command again to start"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -370,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aelab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("aelab: interrupted", file=sys.stderr)
+        print(f"aelab: interrupted{interrupted_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader of our output went away (`aelab ... | head`): not an error of ours.
