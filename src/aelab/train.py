@@ -123,7 +123,7 @@ class Trainer:
         self.data = data
         self.device = device or resolve_device(config.train.device)
         seed = config.train.seed
-        self.model = build_model(config.model, data.image_shape, seed=seed).to(self.device)
+        self.model = build_model(config.model, data.image_shape, seed=seed, loss=config.train.loss).to(self.device)
         self._check_fits()
         self.optimizer = OPTIMIZERS[config.train.optimizer](self.model.parameters(), config.train)
         # The fast engine: a hand-written dense step and the optimizer's fused kernel.
