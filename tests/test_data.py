@@ -133,7 +133,7 @@ def test_unknown_dataset_lists_the_valid_names():
 
 
 def test_registry_holds_the_documented_datasets():
-    assert list(DATASETS) == ["mnist-10k", "digits", "mnist", "fashion-mnist", "kmnist", "array", "folder"]
+    assert list(DATASETS) == ["mnist-10k", "digits", "mnist", "fashion-mnist", "kmnist", "array", "folder", "in-memory"]
     for name in ("mnist", "fashion-mnist", "kmnist"):
         spec = DATASETS[name]
         assert spec.mirrors and all(mirror.endswith("/") for mirror in spec.mirrors)

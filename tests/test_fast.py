@@ -237,7 +237,7 @@ def test_ensemble_members_equal_their_solo_runs_and_write_the_same_folders(tmp_p
     outs = [tmp_path / f"run{index}" for index in range(len(configs))]
     results = train_ensemble(configs, outs, progress=False)
     for config, out, result in zip(configs, outs, results, strict=True):
-        solo = train(config, tmp_path / "solo", progress=False, overwrite=True)
+        solo = train(config, tmp_path / "solo", progress=False, overwrite=True, doctor=False, report=False)
         for row, solo_row in zip(strip_seconds(result.history), strip_seconds(solo.history), strict=True):
             assert row.keys() == solo_row.keys()
             for key, value in row.items():

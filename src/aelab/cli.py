@@ -131,7 +131,9 @@ def command_train(args: argparse.Namespace) -> int:
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
     args.interrupted_folder = ("train", Path(out))
     doctor = Doctor()
-    result = train(config, out, progress=not args.quiet, overwrite=args.overwrite, callbacks=[doctor])
+    result = train(
+        config, out, progress=not args.quiet, overwrite=args.overwrite, callbacks=[doctor], report=not args.no_report
+    )
     last = result.history[-1]
     print(
         f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}; "
@@ -139,16 +141,21 @@ def command_train(args: argparse.Namespace) -> int:
         f"(floor {last['val_bce'] - last['val_bce_excess']:.4f}, excess {last['val_bce_excess']:.4f})"
     )
     print(f"run folder: {result.run_dir}")
-    return finish_train_command(args, result.run_dir, doctor.findings)
+    return finish_train_command(args, result.run_dir, doctor.findings, result.extras.get("report"))
 
 
-def finish_train_command(args: argparse.Namespace, run_dir: Path, findings: list[Any]) -> int:
-    """What `aelab train` and `aelab train --resume` do after training: the report, the
-    doctor's findings one line each, and --strict's exit status."""
-    if not args.no_report:
+def finish_train_command(
+    args: argparse.Namespace, run_dir: Path, findings: list[Any], report: Path | None = None
+) -> int:
+    """What `aelab train` and `aelab train --resume` do after training: the report (written
+    here unless training wrote it, `report`), the doctor's findings one line each, and
+    --strict's exit status."""
+    if report is None and not args.no_report:
         from aelab.report import render_report
 
-        print(f"report: {render_report(run_dir)}")
+        report = render_report(run_dir)
+    if report is not None:
+        print(f"report: {report}")
     if findings:
         print(f"doctor: {len(findings)} finding(s); details: aelab doctor {run_dir}")
         for finding in findings:
@@ -313,6 +320,24 @@ def given_run_flags(args: argparse.Namespace) -> list[str]:
     return given + [flag for flag, value in others if value]
 
 
+def refuse_in_memory(run_dir: Path, call: str) -> None:
+    """One line, before any work, when `run_dir` was trained on images passed from Python: the
+    command line has no way to pass them again."""
+    from aelab.data import IN_MEMORY
+    from aelab.data.datasets import short_fingerprint
+    from aelab.runs import load_config
+
+    try:
+        data = load_config(run_dir).data
+    except AelabError:
+        return  # no readable config: the command says what is wrong with the folder
+    if data.name == IN_MEMORY:
+        raise ConfigError(
+            f"{run_dir} was trained on images passed from Python ({short_fingerprint(data.fingerprint)}), "
+            f"which are not saved in the folder, so the command line cannot load them; from Python: {call}"
+        )
+
+
 def command_resume(args: argparse.Namespace) -> int:
     from aelab.runs import load_config
     from aelab.train import resume
@@ -325,6 +350,7 @@ def command_resume(args: argparse.Namespace) -> int:
             "(start a new run to change them)"
         )
     args.interrupted_folder = ("train", Path(args.resume))
+    refuse_in_memory(Path(args.resume), f"aelab.resume({args.resume!r}, data=images)")
     result = resume(args.resume, progress=not args.quiet)
     loss = load_config(Path(args.resume)).train.loss
     start = result.extras.get("resumed_from_epoch")

@@ -36,6 +36,9 @@ class DataConfig:
     binarize: "none", "threshold" (pixel > threshold) or "bernoulli" (a fresh draw each epoch).
     val_fraction: share of user data held out for validation (the last images).
     train_limit / val_limit: keep only the first N images of each split (quick runs, tests).
+    fingerprint: for name "in-memory" (images passed from Python as `data=`), what they were:
+        dtype, split sizes, image shape and a sha256 of their contents, written by `aelab.train`
+        so that the same images can be recognised when passed again; None otherwise.
     """
 
     name: str = "mnist-10k"
@@ -47,6 +50,7 @@ class DataConfig:
     val_fraction: float = 0.2
     train_limit: int | None = None
     val_limit: int | None = None
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.scale in SCALE_MODES, f"data.scale must be one of {', '.join(SCALE_MODES)}, got {self.scale!r}")

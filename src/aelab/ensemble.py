@@ -1,10 +1,11 @@
 """Train several runs at once: dense runs with the same layer sizes share batched matmuls.
 
-`train_ensemble(configs, outs)` is a drop-in for calling `train(config, out)` on each pair:
-it returns the same `TrainResult`s in the same order and writes the same run folders. Runs
-that share data, layer sizes, batch size, epochs and device form a group whose weights are
-stacked (M, out, in), so one `torch.baddbmm` serves every member; each member still has its
-own hidden, code and output activation, loss, initialisation, optimizer (type, settings and
+`train_ensemble(configs, outs)` is a drop-in for calling `train(config, out, doctor=False,
+report=False)` on each pair (pass a doctor through `make_callbacks`): it returns the same
+`TrainResult`s in the same order and writes the same run folders. Runs that share data,
+layer sizes, batch size, epochs and device form a group whose weights are stacked
+(M, out, in), so one `torch.baddbmm` serves every member; each member still has its own
+hidden, code and output activation, loss, initialisation, optimizer (type, settings and
 state), learning rate and data order (its own seed), so its numbers equal those of the same
 run trained alone, to float tolerance. Everything else (conv models, early stopping, the
 autograd engine) falls back to `train()`.
@@ -137,7 +138,7 @@ def train_ensemble(
         try:
             results[index] = train(
                 configs[index], outs[index], data=data_for(configs[index]), progress=progress, overwrite=overwrite,
-                callbacks=callbacks_for_run(),
+                callbacks=callbacks_for_run(), doctor=False, report=False,
             )  # fmt: skip
         except DivergenceError as error:
             results[index] = _diverged_result(outs[index], error)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from aelab.config import DataConfig, RunConfig
-from aelab.data import ImageData, load_dataset, prepare_batch
+from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare_batch
+from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
 from aelab.findings import Finding, read_findings
 from aelab.metrics import probe_accuracy
@@ -145,18 +146,21 @@ class _DataCache:
         return self._loaded[config]
 
 
-def evaluate_run(run_dir: str | Path, data: ImageData | None = None) -> Evaluation:
-    """Evaluate one run folder; never raises for a damaged or unfinished folder (see `error`)."""
+def evaluate_run(run_dir: str | Path, data: ImagesLike | None = None) -> Evaluation:
+    """Evaluate one run folder; never raises for a damaged or unfinished folder (see `error`).
+    `data`: the images it was trained on instead of loading config.data's dataset; a run
+    trained on images passed in memory needs them (the same ones: their fingerprint is checked)."""
     return _evaluate(Path(run_dir), _DataCache(), data)
 
 
-def evaluate_runs(run_dirs: Sequence[str | Path]) -> list[Evaluation]:
-    """Evaluate several run folders, reading each dataset once."""
+def evaluate_runs(run_dirs: Sequence[str | Path], data: ImagesLike | None = None) -> list[Evaluation]:
+    """Evaluate several run folders, reading each dataset once; `data` as for `evaluate_run`,
+    for every run."""
     cache = _DataCache()
-    return [_evaluate(Path(run_dir), cache, None) for run_dir in run_dirs]
+    return [_evaluate(Path(run_dir), cache, data) for run_dir in run_dirs]
 
 
-def _evaluate(run_dir: Path, cache: _DataCache, data: ImageData | None) -> Evaluation:
+def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Evaluation:
     from aelab.train import Trainer, model_pixels
 
     status, findings = read_status(run_dir), read_findings(run_dir)
@@ -171,7 +175,11 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImageData | None) -> Evalu
     evaluation = Evaluation(run_dir, config, status, history, findings)
     try:
         run = load_run(run_dir)
-        data = data or cache.get(run.config.data)
+        if data is None and run.config.data.name != IN_MEMORY:
+            data = cache.get(run.config.data)
+        else:
+            call = f"aelab.report.render_report({str(run_dir)!r}, data=images)"
+            data = data_for_run(run.config.data, data, str(run_dir), call)
         trainer = Trainer(run.config.replace(train={"device": "cpu"}), data)
     except AelabError as error:
         evaluation.error = str(error)

@@ -1,4 +1,6 @@
-"""Autoencoder architectures. Decoders return logits; `pixels()` applies the output activation.
+"""Autoencoder architectures. Decoders return logits; `pixels()` turns them into the images the
+model shows: the output activation, or for a model trained with the continuous Bernoulli loss
+the distribution's mean (`aelab.losses.expected_pixels`), as evaluation and the report do.
 
 Both models take images (B, C, H, W) as floats and return logits of the same shape.
 """
@@ -15,13 +17,18 @@ from torch import nn
 from aelab.activations import get_activation
 from aelab.config import ModelConfig
 from aelab.errors import ConfigError
+from aelab.losses import expected_pixels, get_loss
 
 
 class Autoencoder(nn.Module):
-    """What every aelab model offers: encode -> codes, decode -> logits, pixels(logits)."""
+    """What every aelab model offers: encode -> codes, decode -> logits, pixels(logits).
+
+    `loss` is the training loss whose pixel mean `pixels` returns (a key of `aelab.LOSSES`), or
+    None for the output activation alone; `build_model(..., loss=...)` sets it."""
 
     config: ModelConfig
     image_shape: tuple[int, int, int]
+    loss: str | None = None
 
     def _setup_activations(self, config: ModelConfig) -> None:
         self.config = config
@@ -39,15 +46,20 @@ class Autoencoder(nn.Module):
         return self.decode(self.encode(images))
 
     def pixels(self, logits: torch.Tensor) -> torch.Tensor:
-        """The output activation applied to logits: what the model shows as an image."""
-        return self.output_activation(logits)
+        """What the model shows as an image for decoder logits (B, C, H, W): the pixel mean of
+        its training loss (the cb mean for a cb-trained model, the same pixels evaluation and
+        the report use), or the output activation when `loss` is None."""
+        if self.loss is None:
+            return self.output_activation(logits)
+        output, from_logits = self.loss_input(logits)
+        return expected_pixels(self.loss, output, from_logits)
 
     def loss_input(self, logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(output, from_logits) for `aelab.losses`: logits when the output is a sigmoid, so
-        likelihood losses stay in log space; the pixels otherwise."""
+        likelihood losses stay in log space; the output activation's values otherwise."""
         if self.config.output_activation == "sigmoid":
             return logits, True
-        return self.pixels(logits), False
+        return self.output_activation(logits), False
 
 
 class DenseAutoencoder(Autoencoder):
@@ -169,11 +181,17 @@ INITS: dict[str, Callable[[torch.Tensor], None] | None] = {
 }
 
 
-def build_model(config: ModelConfig, image_shape: tuple[int, int, int], seed: int = 0) -> Autoencoder:
+def build_model(
+    config: ModelConfig, image_shape: tuple[int, int, int], seed: int = 0, *, loss: str | None = None
+) -> Autoencoder:
     """A freshly initialised model for images of `image_shape` (C, H, W).
 
+    loss: the loss the model is (or was) trained with, a key of `aelab.LOSSES`; `pixels()`
+        then returns that loss's pixel mean (the cb mean for "cb"). None: the output activation.
     The seed drives initialisation through a private RNG scope, so building a model leaves the
     global torch RNG as it was."""
+    if loss is not None:
+        get_loss(loss)
     if config.kind not in MODELS:
         raise ConfigError(f"unknown model {config.kind!r}; valid: {', '.join(MODELS)}")
     if config.init not in INITS:
@@ -187,4 +205,5 @@ def build_model(config: ModelConfig, image_shape: tuple[int, int, int], seed: in
                 if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                     init(module.weight)
                     nn.init.zeros_(module.bias)
+    model.loss = loss
     return model

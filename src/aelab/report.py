@@ -22,10 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from aelab.errors import RunFolderError
+from aelab.data import IN_MEMORY, data_for_run
+from aelab.data.datasets import ImagesLike
+from aelab.errors import AelabError, RunFolderError
 from aelab.evaluate import COLLAPSE_BLOB_SCORE, Evaluation, evaluate_runs
-from aelab.runs import CONFIG_FILE, REPORT_FILE, atomic_write_text
+from aelab.runs import CONFIG_FILE, REPORT_FILE, atomic_write_text, load_config
 from aelab.sweep import Sweep, read_sweep, short_key
+from aelab.train import Callback, Trainer, TrainResult
 
 # (key, column label, which value is best, format, meaning). Best: "min", "max", or the value
 # to be closest to ("zero", "one").
@@ -526,10 +529,17 @@ def _shared_settings(evaluations: Sequence[Evaluation], spec: Sweep | None) -> l
 
 
 def render_report(
-    path: str | Path, out: str | Path | None = None, evaluations: Sequence[Evaluation] | None = None
+    path: str | Path,
+    out: str | Path | None = None,
+    evaluations: Sequence[Evaluation] | None = None,
+    *,
+    data: ImagesLike | None = None,
 ) -> Path:
     """Write the report for a run folder or a sweep folder (default `path/report.html`) and
-    return its path. `evaluations` skips re-evaluating when the caller already has them."""
+    return its path. `evaluations` skips re-evaluating when the caller already has them.
+    `data`: the images the runs were trained on, instead of loading their config's dataset; a
+    run trained on images passed in memory needs them (the same ones: their fingerprint is
+    checked), else a DataError says so before anything is written."""
     from jinja2 import Environment, StrictUndefined
 
     import aelab
@@ -537,7 +547,8 @@ def render_report(
     path = Path(path)
     run_dirs, spec = find_runs(path)
     if evaluations is None:
-        evaluations = evaluate_runs(run_dirs)
+        _check_data(run_dirs, path, data)
+        evaluations = evaluate_runs(run_dirs, data=data)
     else:
         run_dirs = [evaluation.run_dir for evaluation in evaluations]
     labels, group_keys = _labels(run_dirs, spec)
@@ -580,3 +591,25 @@ def render_report(
     target = Path(out) if out is not None else path / REPORT_FILE
     atomic_write_text(target, html)
     return target
+
+
+def _check_data(run_dirs: Sequence[Path], path: Path, data: ImagesLike | None) -> None:
+    """Refuse, in one line, a report on runs trained on images passed in memory when those
+    images are not given or are not the same ones: a report without their evaluation would
+    read as if the runs had failed."""
+    for run_dir in run_dirs:
+        try:
+            config = load_config(run_dir)
+        except AelabError:
+            continue  # a damaged folder: the report says so for that run
+        if config.data.name == IN_MEMORY:
+            data_for_run(config.data, data, str(run_dir), f"aelab.report.render_report({str(path)!r}, data=images)")
+
+
+class ReportWriter(Callback):
+    """Writes the run folder's report.html when a run finishes (`aelab.train(..., report=True)`),
+    evaluated on the images it trained on; `result.extras["report"]` is its path."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if result.run_dir is not None:
+            result.extras["report"] = render_report(result.run_dir, data=trainer.data)

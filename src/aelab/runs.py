@@ -266,7 +266,7 @@ def load_run(path: str | Path) -> Run:
         raise RunFolderError(f"{source}: the config in its metadata does not validate ({error})") from None
     if len(image_shape) != 3 or not all(isinstance(size, int) and size >= 1 for size in image_shape):
         raise RunFolderError(f"{source}: image shape {list(image_shape)} is not (C, H, W)")
-    model = build_model(config.model, image_shape)  # type: ignore[arg-type]
+    model = build_model(config.model, image_shape, loss=config.train.loss)  # type: ignore[arg-type]
     load_weights(model, tensors, source)
     model.eval()
     return Run(run_dir, config, model, read_metrics(run_dir), read_status(run_dir))

@@ -12,6 +12,7 @@ with a DivergenceError; the checkpoint on disk stays the last good one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -25,7 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from aelab.config import RunConfig, TrainConfig
-from aelab.data import ImageData, load_dataset, prepare_batch
+from aelab.data import ImageData, data_for_run, data_for_training, load_dataset, prepare_batch
+from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step
 from aelab.findings import Finding, read_findings, save_findings
@@ -76,6 +78,8 @@ EVAL_CHUNK = 256  # images per forward pass and metrics pass when evaluating: bo
 # rates far too high (1e4 on the Keras model) push BCE from 0.69 to 1e4-1e5 within two steps
 # without ever producing a NaN, while no working run climbs that far above where it started.
 DIVERGENCE_FACTOR = 1000.0
+# report.html (its figures as PNG: about 0.3 MB for one run) and findings.json, as `train` writes them.
+REPORT_BYTES = 1 << 20
 # On an accelerator the step losses are read back this many times per epoch, not every step.
 DIVERGENCE_CHECKS_PER_EPOCH = 8
 
@@ -126,7 +130,7 @@ class Trainer:
         self.data = data
         self.device = device or resolve_device(config.train.device)
         seed = config.train.seed
-        self.model = build_model(config.model, data.image_shape, seed=seed).to(self.device)
+        self.model = build_model(config.model, data.image_shape, seed=seed, loss=config.train.loss).to(self.device)
         self._check_fits()
         self.optimizer = OPTIMIZERS[config.train.optimizer](self.model.parameters(), config.train)
         # The fast engine: a hand-written dense step and the optimizer's fused kernel.
@@ -436,6 +440,8 @@ class Trainer:
             saved_config = json.loads(metadata["config"])
         except (KeyError, json.JSONDecodeError):
             raise RunFolderError(f"{path}: its metadata lacks a readable config; the file is damaged") from None
+        with contextlib.suppress(AelabError):  # fill in keys added since (data.fingerprint); invalid: differs
+            saved_config = RunConfig.from_dict(saved_config).to_dict()
         if saved_config != self.config.to_dict():
             changed = sorted(
                 f"{section}.{key}"
@@ -509,16 +515,33 @@ def train(
     config: RunConfig,
     out: str | Path | None = None,
     *,
-    data: ImageData | None = None,
+    data: ImagesLike | None = None,
     progress: bool = True,
     overwrite: bool = False,
     callbacks: Iterable[Callback] = (),
+    doctor: bool = True,
+    report: bool = True,
 ) -> TrainResult:
-    """Train one autoencoder. With `out`, write a complete run folder there (see `aelab.runs`).
+    """Train one autoencoder. With `out`, write a complete run folder there (see `aelab.runs`),
+    the same files `aelab train` writes.
 
+    data: the images to train on instead of loading `config.data`'s dataset: an `ImageData`, or
+        a tensor / numpy array of images (N, H, W), (N, C, H, W) or (N, D), uint8 (0..255) or
+        float (0..1), split as dataset "array" splits a file (the last data.val_fraction is
+        validation; data.train_limit, val_limit and scale apply). The run folder's config.yaml
+        then records data.name "in-memory" and the images' data.fingerprint; later calls on the
+        folder take the same images as `data=` (`resume`, `aelab.doctor.recheck_run`,
+        `aelab.report.render_report`). An ImageData from `load_dataset(config.data)` is recorded
+        as that dataset.
+    doctor: with `out`, run the doctor (`aelab.doctor.Doctor`, unless `callbacks` holds one),
+        which keeps findings.json in the folder; its findings go to `result.extras["findings"]`.
+    report: with `out`, write report.html when the run finishes; `result.extras["report"]` is
+        its path.
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
     check_config(config)
+    data_config, data = data_for_training(config.data, data)
+    config = dataclasses.replace(config, data=data_config)
     # The folder's lock is taken before --overwrite clears it and held for the whole run.
     with claim_run_dir(out, overwrite=overwrite) if out is not None else contextlib.nullcontext() as run_dir:
         if data is None:
@@ -529,13 +552,29 @@ def train(
             check_free_space(run_dir, estimate_run_bytes(trainer))
             save_config(run_dir, config)
             write_status(run_dir, "running", epochs_done=0)
-        return _train_loop(trainer, run_dir, progress, list(callbacks))
+        return _train_loop(trainer, run_dir, progress, _run_callbacks(list(callbacks), run_dir, doctor, report))
+
+
+def _run_callbacks(callbacks: list[Callback], run_dir: Path | None, doctor: bool, report: bool) -> list[Callback]:
+    """The callbacks of a run: the user's, then the doctor (unless one is among them) and the
+    report writer, which comes last so that the report shows the final findings."""
+    if run_dir is None:
+        return callbacks
+    # Imported here: the doctor and the report are built on top of training.
+    from aelab.doctor import Doctor
+    from aelab.report import ReportWriter
+
+    if doctor and not any(isinstance(callback, Doctor) for callback in callbacks):
+        callbacks.append(Doctor())
+    if report:
+        callbacks.append(ReportWriter())
+    return callbacks
 
 
 def resume(
     run_dir: str | Path,
     *,
-    data: ImageData | None = None,
+    data: ImagesLike | None = None,
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
 ) -> TrainResult:
@@ -546,8 +585,9 @@ def resume(
     or from scratch with the folder's config.yaml when no checkpoint was written yet. On CPU
     the final weights are bit-identical to a run that was never interrupted. A finished run is
     returned as it is, without training; a diverged run raises its DivergenceError again (it
-    would diverge the same way). `data` skips reading the dataset (it must be config.data's).
-    `result.extras["resumed_from_epoch"]` says where training picked up.
+    would diverge the same way). `data` skips reading the dataset (it must be config.data's);
+    a run trained on images passed in memory needs them again (the same images: their
+    fingerprint is checked). `result.extras["resumed_from_epoch"]` says where training picked up.
     Raises RunFolderError when the folder has no usable config or its checkpoint does not match.
     """
     run_dir = Path(run_dir)
@@ -559,8 +599,11 @@ def resume(
             f"`aelab compare --out {run_dir}` resumes it"
         )
     status = read_status(run_dir)
+    call = f"aelab.resume({str(run_dir)!r}, data=images)"
     if status.get("state") == "finished":
         run = load_run(run_dir)
+        if data is not None:
+            data_for_run(run.config.data, data, str(run_dir), call)  # refuses images of another run
         best_epoch = int(status.get("best_epoch", len(run.history)))
         stopped_early = bool(status.get("stopped_early", False))
         extras = {"resumed_from_epoch": len(run.history)}
@@ -588,8 +631,7 @@ def resume(
         ) from None
     with run_lock(run_dir):
         remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
-        if data is None:
-            data = load_dataset(config.data)
+        data = data_for_run(config.data, data, str(run_dir), call)
         set_threads(config, data)
         trainer = Trainer(config, data)
         if (run_dir / CHECKPOINT_FILE).exists():
@@ -613,7 +655,7 @@ def estimate_run_bytes(trainer: Trainer) -> int:
     copies = 3 + (1 if trainer.config.train.patience is not None else 0)
     history_bytes = 512 * trainer.config.train.epochs  # one metrics row per epoch, in two files
     checkpoint_bytes = copies * weight_bytes + history_bytes
-    return 2 * checkpoint_bytes + weight_bytes + history_bytes + (1 << 16)
+    return 2 * checkpoint_bytes + weight_bytes + history_bytes + REPORT_BYTES + (1 << 16)
 
 
 def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:

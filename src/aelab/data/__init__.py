@@ -5,17 +5,34 @@
 `aelab.data.readers`, the cache folder and downloads in `aelab.data.download`.
 """
 
-from aelab.data.datasets import DATASETS, DatasetSpec, ImageData, RemoteFile, load_dataset, prepare_batch
+from aelab.data.datasets import (
+    DATASETS,
+    IN_MEMORY,
+    DatasetSpec,
+    ImageData,
+    RemoteFile,
+    data_fingerprint,
+    data_for_run,
+    data_for_training,
+    images_from_array,
+    load_dataset,
+    prepare_batch,
+)
 from aelab.data.download import data_cache_dir, download
 from aelab.data.readers import read_arrays, read_idx
 
 __all__ = [
     "DATASETS",
+    "IN_MEMORY",
     "DatasetSpec",
     "ImageData",
     "RemoteFile",
     "data_cache_dir",
+    "data_fingerprint",
+    "data_for_run",
+    "data_for_training",
     "download",
+    "images_from_array",
     "load_dataset",
     "prepare_batch",
     "read_arrays",

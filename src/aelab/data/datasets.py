@@ -8,11 +8,16 @@ and the optional binarisation to one batch, so the full dataset never exists twi
 Every dataset is an entry of `DATASETS`. The downloadable ones keep their mirrors and md5s in
 their `DatasetSpec`, so a test can point them at a local server. Anything wrong with the
 user's data raises `DataError` with one line that names the problem and the fix.
+
+Images passed from Python (`aelab.train(config, out, data=images)`) are the dataset
+"in-memory": it has no loader, and a run records them by `data_fingerprint` (dtype, split,
+shape, sha256) so that `data_for_run` can recognise the same images when they are passed again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.resources
 import math
 from collections.abc import Callable, Sequence
@@ -139,6 +144,118 @@ def load_dataset(config: DataConfig) -> ImageData:
             f"{config.name}: images are {_shape_text(data.image_shape)} but {config.name} images are "
             f"{_shape_text(spec.shape)}; the files are not {config.name}, replace them"
         )
+    return _apply_limits(data, config)
+
+
+ImagesLike = ImageData | torch.Tensor | np.ndarray  # what `data=` accepts
+
+
+def images_from_array(images: torch.Tensor | np.ndarray, config: DataConfig) -> ImageData:
+    """The dataset "in-memory" from a tensor or array of images, checked and split exactly as
+    dataset "array" checks and splits a file: (N, H, W), (N, C, H, W), (N, H, W, C) or (N, D);
+    uint8, integer, float or bool pixels; the last `config.val_fraction` of the images are
+    validation. Limits and scale="none" are not applied here (`data_for_training` does)."""
+    where = "data"
+    if isinstance(images, torch.Tensor):
+        tensor = images.detach().cpu()
+        if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+            tensor = tensor.float()
+        array = tensor.numpy()
+    elif isinstance(images, np.ndarray):
+        array = images
+    else:
+        raise DataError(
+            f"{where} must be an aelab.ImageData, a torch tensor or a numpy array of images, got "
+            f"{type(images).__name__}; pass an array of shape (N, H, W), (N, C, H, W) or (N, D)"
+        )
+    pixels, scale = _as_images(array, where)
+    n_train = _train_count(len(pixels), config.val_fraction, where)
+    return _image_data(
+        IN_MEMORY,
+        pixels[:n_train],
+        pixels[n_train:],
+        None,
+        None,
+        scale,
+        f"images passed in memory: first {n_train} train, last {len(pixels) - n_train} validation",
+    )
+
+
+def data_fingerprint(data: ImageData) -> str:
+    """One line that identifies `data`: dtype, split sizes and image shape in words, and a
+    sha256 over both splits, their labels and the scale."""
+    digest = hashlib.sha256()
+    for split in ("train", "val", "train_labels", "val_labels"):
+        tensor = getattr(data, split)
+        digest.update(split.encode())
+        if tensor is not None:
+            array = tensor.detach().cpu().contiguous().numpy()
+            digest.update(f"{array.dtype} {array.shape}".encode())
+            digest.update(array.reshape(-1).view(np.uint8))
+    digest.update(repr(float(data.scale)).encode())
+    dtype = str(data.train.dtype).removeprefix("torch.")
+    return (
+        f"{dtype}, {data.train.shape[0]} train + {data.val.shape[0]} validation images of "
+        f"{_shape_text(data.image_shape)}, sha256 {digest.hexdigest()}"
+    )
+
+
+def data_for_training(config: DataConfig, data: ImagesLike | None) -> tuple[DataConfig, ImageData | None]:
+    """What `aelab.train` trains on: (the DataConfig to record, the images, limits and scale of
+    `config` applied), or (config, None) when the dataset is to be loaded from `config`.
+
+    An `ImageData` named like `config.name` (as `load_dataset(config)` returns it) is that
+    dataset. Anything else (a tensor, an array, another ImageData) is recorded as dataset
+    "in-memory" with its fingerprint, and data.path / data.data_dir cleared."""
+    if data is None:
+        if config.name == IN_MEMORY:
+            DATASETS[IN_MEMORY].load(config)  # raises: the images must be passed
+        return config, None
+    if isinstance(data, ImageData) and data.name == config.name and config.name != IN_MEMORY:
+        return config, _apply_limits(data, config)
+    images = _apply_limits(data if isinstance(data, ImageData) else images_from_array(data, config), config)
+    recorded = dataclasses.replace(
+        config, name=IN_MEMORY, path=None, data_dir=None, fingerprint=data_fingerprint(images)
+    )
+    return recorded, images
+
+
+def data_for_run(config: DataConfig, data: ImagesLike | None, where: str, call: str) -> ImageData:
+    """The images a run folder was trained on, to evaluate, check or resume it: `config`'s
+    dataset loaded, or `data` when given (limits and scale of `config` applied).
+
+    A run on dataset "in-memory" needs its images passed: without them a DataError says so and
+    names `call` (how to pass them); with them, their fingerprint must match the recorded
+    `config.fingerprint`, else a DataError. `where` names the run folder in messages."""
+    if data is None:
+        if config.name == IN_MEMORY:
+            raise DataError(
+                f"{where} was trained on images passed from Python ({short_fingerprint(config.fingerprint)}), "
+                f"which are not saved in the folder; pass the same images as data=, e.g. {call}"
+            )
+        return load_dataset(config)
+    images = _apply_limits(data if isinstance(data, ImageData) else images_from_array(data, config), config)
+    if config.name == IN_MEMORY and config.fingerprint is not None:
+        found = data_fingerprint(images)
+        if found != config.fingerprint:
+            raise DataError(
+                f"the images passed are not those {where} was trained on: they are {short_fingerprint(found)}, its "
+                f"data.fingerprint records {short_fingerprint(config.fingerprint)}; pass the same images "
+                f"(split by data.val_fraction {config.val_fraction:g})"
+            )
+    return images
+
+
+def short_fingerprint(fingerprint: str | None) -> str:
+    """A fingerprint with its hash cut to 12 digits, for messages."""
+    if fingerprint is None:
+        return "no fingerprint recorded"
+    head, _, digest = fingerprint.rpartition("sha256 ")
+    return f"{head}sha256 {digest[:12]}" if head else fingerprint
+
+
+def _apply_limits(data: ImageData, config: DataConfig) -> ImageData:
+    """`data` with config's train_limit / val_limit and scale="none" applied (idempotent)."""
     changes: dict[str, object] = {}
     if config.scale == "none":
         changes["scale"] = 1.0
@@ -255,6 +372,13 @@ def _read_array_dataset(spec: DatasetSpec, config: DataConfig) -> ImageData:
         None if labels is None else labels[n_train:],
         scale,
         f"{path}: first {n_train} images train, last {len(images) - n_train} validation",
+    )
+
+
+def _read_in_memory(spec: DatasetSpec, config: DataConfig) -> ImageData:
+    raise DataError(
+        f"dataset {IN_MEMORY!r} is images passed from Python (aelab.train(config, out, data=images)) and cannot be "
+        "loaded by name; pass the images as data=, or save them with np.save and use dataset 'array' with data.path"
     )
 
 
@@ -376,6 +500,8 @@ def _user_path(config: DataConfig, want_folder: bool) -> Path:
 # ---------------------------------------------------------------------------------------------
 # The registry
 
+IN_MEMORY = "in-memory"
+
 _MNIST_FILES = (
     RemoteFile("train_images", "train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
     RemoteFile("train_labels", "train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
@@ -457,6 +583,13 @@ DATASETS: dict[str, DatasetSpec] = {
             source="your folder",
             shape=None,
             read=_read_folder_dataset,
+        ),
+        DatasetSpec(
+            name=IN_MEMORY,
+            description="images passed from Python as data= (a tensor or array); the last val_fraction is validation",
+            source="your tensor or array, recorded by its fingerprint, not saved in the run folder",
+            shape=None,
+            read=_read_in_memory,
         ),
     )
 }

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from aelab.config import RunConfig, TrainConfig
-from aelab.data import ImageData, load_dataset, prepare_batch
+from aelab.data import ImageData, data_for_run, prepare_batch
+from aelab.data.datasets import ImagesLike
 from aelab.errors import ConfigError
 from aelab.findings import Finding, read_findings
 from aelab.losses import get_loss
@@ -130,13 +131,16 @@ def check(
     return before + state_findings(state, {"setup_errors": [f.id for f in before if f.severity == "error"]})
 
 
-def diagnose_run(run_dir: str | Path) -> list[Finding]:
+def diagnose_run(run_dir: str | Path, data: ImagesLike | None = None) -> list[Finding]:
     """The doctor's findings for a finished (or stopped) run, from its folder alone: the model
     rebuilt from model.safetensors, the data reloaded from the config, the initial weights
-    rebuilt from the seed, the loss history from metrics.jsonl."""
+    rebuilt from the seed, the loss history from metrics.jsonl. `data`: the images it was
+    trained on instead of reloading them; a run trained on images passed in memory needs them
+    (the same ones: their fingerprint is checked)."""
     run = load_run(run_dir)
     config = run.config
-    data = load_dataset(config.data)
+    call = f"aelab.doctor.recheck_run({str(run_dir)!r}, data=images)"
+    data = data_for_run(config.data, data, str(run_dir), call)
     targets = probe_targets(data, config)
     subject = Subject(run.model, config.train.loss)
     layers = trace_layers(subject, targets)
@@ -150,8 +154,8 @@ def diagnose_run(run_dir: str | Path) -> list[Finding]:
     return before + state_findings(state, context)
 
 
-def recheck_run(run_dir: str | Path) -> list[Finding]:
+def recheck_run(run_dir: str | Path, data: ImagesLike | None = None) -> list[Finding]:
     """`diagnose_run`, saved to the folder's findings.json beside the findings others wrote
     there (a divergence, say); returns everything the file now holds."""
-    merge_and_save(Path(run_dir), diagnose_run(run_dir))
+    merge_and_save(Path(run_dir), diagnose_run(run_dir, data))
     return read_findings(run_dir)
