@@ -616,14 +616,21 @@ def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
     if run_dir is not None and trainer.epoch == 0:
         trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
-    for callback in callbacks:
-        callback.on_train_start(trainer, run_dir)
-    while not trainer.should_stop:
-        try:
-            row = trainer.run_epoch(progress)
-        except DivergenceError as error:
-            raise record_divergence(trainer, run_dir, error) from None
-        end_epoch(trainer, row, run_dir, progress, callbacks)
+    try:
+        for callback in callbacks:
+            callback.on_train_start(trainer, run_dir)
+        while not trainer.should_stop:
+            try:
+                row = trainer.run_epoch(progress)
+            except DivergenceError as error:
+                raise record_divergence(trainer, run_dir, error) from None
+            end_epoch(trainer, row, run_dir, progress, callbacks)
+    except DivergenceError:
+        raise
+    except AelabError as error:  # a callback stopped the run (Doctor(strict=True), say): say so in the folder
+        if run_dir is not None:
+            write_status(run_dir, "stopped", epochs_done=trainer.epoch, message=str(error))
+        raise
     return finish_run(trainer, run_dir, callbacks)
 
 

@@ -16,11 +16,12 @@ from torch import nn
 
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
-from aelab.errors import ConfigError
-from aelab.findings import Finding, read_findings
+from aelab.errors import ConfigError, RunFolderError
+from aelab.findings import Finding, finding_key, read_findings
 from aelab.losses import get_loss
 from aelab.models import Autoencoder, build_model
-from aelab.runs import load_run
+from aelab.runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_run
+from aelab.sweep import SWEEP_FILE
 
 from .monitor import (
     State,
@@ -42,7 +43,7 @@ from .probe import (
     weight_layers,
     weight_norms,
 )
-from .setup import Setup, setup_findings
+from .setup import Setting, Setup, config_setting, setup_findings
 
 
 def probe_targets(data: ImageData, config: RunConfig | None = None, images: int = PROBE_IMAGES) -> torch.Tensor:
@@ -55,11 +56,11 @@ def probe_targets(data: ImageData, config: RunConfig | None = None, images: int 
     return prepare_batch(stored, data.scale, config.data.binarize, config.data.threshold, generator)
 
 
-def check_setup(config: RunConfig, data: ImageData) -> list[Finding]:
+def check_setup(config: RunConfig, data: ImageData, setting: Setting = config_setting) -> list[Finding]:
     """The pre-training findings for `config` on `data`, from a freshly initialised model."""
     model = build_model(config.model, data.image_shape, seed=config.train.seed)
     subject = Subject(model, config.train.loss)
-    return setup_findings(config_setup(config, subject, probe_targets(data, config)))
+    return setup_findings(config_setup(config, subject, probe_targets(data, config), data, setting))
 
 
 UNCHECKED = "unchecked"  # the finding that names the checks a model did not allow
@@ -124,7 +125,8 @@ def _check(
         unchecked["reconstruction"] = f"the model failed on {targets.shape[0]} probe inputs ({_first_line(error)})"
     if aelab_model:
         run_config = RunConfig(model=model.config, train=TrainConfig(loss=loss))
-        setup = replace(config_setup(run_config, subject, targets), pixels=pixels)
+        loaded = data if isinstance(data, ImageData) else None
+        setup = replace(config_setup(run_config, subject, targets, loaded), pixels=pixels)
     else:
         output_activation = layers[-1].activation if layers and layers[-1].is_output else None
         if output_activation is None:
@@ -140,6 +142,7 @@ def _check(
             input_width=targets[0].numel(),
             code_name=f"the output of {code.name}" if code else "",
             pixels=pixels,
+            setting=None,
         )
     before = setup_findings(setup)
     after: list[Finding] = []
@@ -342,10 +345,42 @@ def own_random_state(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def diagnose_run(run_dir: str | Path) -> list[Finding]:
+def sweep_runs(path: str | Path) -> list[Path] | None:
+    """The run folders inside a sweep folder (one with sweep.yaml, or with run folders inside
+    it and no config of its own), in name order; None for any other folder."""
+    path = Path(path)
+    if not path.is_dir() or (path / CONFIG_FILE).exists():
+        return None
+    runs = sorted(child for child in path.iterdir() if child.is_dir() and (child / CONFIG_FILE).exists())
+    return runs if runs or (path / SWEEP_FILE).exists() else None
+
+
+def listed(paths: list[Path], most: int = 4) -> str:
+    """ "a, b, c and 2 more"."""
+    more = len(paths) - most
+    return ", ".join(str(p) for p in paths[:most]) + (f" and {more} more" if more > 0 else "")
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """Refuse, in one line, a folder that is no run folder: a sweep folder or an empty one."""
+    runs = sweep_runs(run_dir)
+    if runs is not None:
+        inside = f": {listed(runs)}" if runs else " (it holds none yet)"
+        raise RunFolderError(f"{run_dir} is a sweep folder, not a run folder; diagnose one of its runs{inside}")
+    if run_dir.is_dir() and not any((run_dir / name).exists() for name in (CONFIG_FILE, MODEL_FILE, CHECKPOINT_FILE)):
+        raise RunFolderError(
+            f"{run_dir} is not a run folder: it holds no {CONFIG_FILE} (a run writes one when it starts); "
+            "pass the folder a training run wrote"
+        )
+
+
+def diagnose_run(run_dir: str | Path, setting: Setting = config_setting) -> list[Finding]:
     """The doctor's findings for a finished (or stopped) run, from its folder alone: the model
     rebuilt from model.safetensors, the data reloaded from the config, the initial weights
-    rebuilt from the seed, the loss history from metrics.jsonl."""
+    rebuilt from the seed, the loss history from metrics.jsonl. `setting`: how fixes name a
+    setting (config keys by default). Raises RunFolderError for a folder that is no run folder
+    (a sweep folder: pass one of its runs)."""
+    _check_run_folder(Path(run_dir))
     run = load_run(run_dir)
     config = run.config
     data = load_dataset(config.data)
@@ -355,15 +390,24 @@ def diagnose_run(run_dir: str | Path) -> list[Finding]:
     initial = weight_norms(build_model(config.model, data.image_shape, seed=config.train.seed))
     epoch = len(run.history) or None
     state = measure(subject, baseline(targets, config.train.loss), layers, initial, "initial", epoch=epoch)
-    context = run_context(config)
+    context = run_context(config, setting)
     context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in run.history], state)
-    before = setup_findings(config_setup(config, subject, targets))
+    before = setup_findings(config_setup(config, subject, targets, data, setting))
     context["setup_errors"] = [f.id for f in before if f.severity == "error"]
     return before + state_findings(state, context)
 
 
-def recheck_run(run_dir: str | Path) -> list[Finding]:
+def recheck_run(run_dir: str | Path, setting: Setting = config_setting) -> list[Finding]:
     """`diagnose_run`, saved to the folder's findings.json beside the findings others wrote
-    there (a divergence, say); returns everything the file now holds."""
-    merge_and_save(Path(run_dir), diagnose_run(run_dir))
+    there (a divergence, say); returns everything the file now holds. A problem the file
+    already held keeps the epoch it was first seen at (a blob seen since epoch 1 stays so);
+    `aelab.findings.compare_findings(before, after)` says what changed."""
+    first_seen = {finding_key(f): f.epoch for f in read_findings(run_dir) if f.epoch is not None}
+    found = [
+        replace(f, epoch=min(f.epoch, first_seen[finding_key(f)]))
+        if f.epoch is not None and first_seen.get(finding_key(f)) is not None
+        else f
+        for f in diagnose_run(run_dir, setting)
+    ]
+    merge_and_save(Path(run_dir), found)
     return read_findings(run_dir)
