@@ -619,18 +619,16 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
     try:
         for callback in callbacks:
             callback.on_train_start(trainer, run_dir)
-        while not trainer.should_stop:
-            try:
-                row = trainer.run_epoch(progress)
-            except DivergenceError as error:
-                raise record_divergence(trainer, run_dir, error) from None
-            end_epoch(trainer, row, run_dir, progress, callbacks)
-    except DivergenceError:
-        raise
-    except AelabError as error:  # a callback stopped the run (Doctor(strict=True), say): say so in the folder
+    except AelabError as error:  # a callback stopped the run before its first step (Doctor(strict=True))
         if run_dir is not None:
             write_status(run_dir, "stopped", epochs_done=trainer.epoch, message=str(error))
         raise
+    while not trainer.should_stop:
+        try:
+            row = trainer.run_epoch(progress)
+        except DivergenceError as error:
+            raise record_divergence(trainer, run_dir, error) from None
+        end_epoch(trainer, row, run_dir, progress, callbacks)
     return finish_run(trainer, run_dir, callbacks)
 
 
