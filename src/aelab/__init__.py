@@ -7,7 +7,7 @@ loss, compare them on equal footing, and see why a model gives a blob.
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
 from aelab.ensemble import train_ensemble
-from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
+from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError, SetupFindingsError
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
 from aelab.runs import Run, load_run
@@ -32,6 +32,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "RunFolderError",
+    "SetupFindingsError",
     "TrainConfig",
     "TrainResult",
     "__version__",

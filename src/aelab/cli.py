@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from aelab.errors import AelabError, ConfigError, DivergenceError
+from aelab.errors import AelabError, ConfigError, DivergenceError, RunFolderError, SetupFindingsError
 
 EXIT_USER_ERROR = 2
 EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
@@ -121,6 +121,25 @@ def apply_run_flags(raw: dict[str, Any], args: argparse.Namespace) -> None:
         raw["data"]["name"] = "folder" if Path(raw["data"]["path"]).is_dir() else "array"
 
 
+def flag_setting(args: argparse.Namespace) -> Callable[[str, str | None], str]:
+    """How the doctor's fixes name a setting for a run started by this command line: by its
+    flag ("--output-activation sigmoid"); data.scale "auto" by what undoes the raw pixels
+    (drop --raw-pixels, or the --config file's data.scale)."""
+
+    def setting(key: str, value: str | None = None) -> str:
+        if key == "data.scale" and value == "auto":
+            if args.raw_pixels:
+                return "drop --raw-pixels"
+            return f"data.scale: auto in {args.config}" if args.config else "data.scale: auto"
+        section, _, name = key.partition(".")
+        flag = next((flag for flag, s, k, _, _ in RUN_OPTIONS if (s, k) == (section, name)), None)
+        if flag is None:
+            return key if value is None else f"{key}: {value}"
+        return flag if value is None else f"{flag} {value}"
+
+    return setting
+
+
 def command_train(args: argparse.Namespace) -> int:
     from aelab.doctor import Doctor
     from aelab.train import train
@@ -130,10 +149,25 @@ def command_train(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     out = args.out or f"runs/{config.train.loss}-{config.model.activation}-{datetime.now():%Y%m%d-%H%M%S}"
     args.interrupted_folder = ("train", Path(out))
-    doctor = Doctor()
-    result = train(
-        config, out, progress=not args.quiet, overwrite=args.overwrite, callbacks=[doctor], report=not args.no_report
-    )
+    doctor = Doctor(strict=args.strict, setting=flag_setting(args))
+    try:
+        result = train(
+            config,
+            out,
+            progress=not args.quiet,
+            overwrite=args.overwrite,
+            callbacks=[doctor],
+            report=not args.no_report,
+        )
+    except SetupFindingsError as error:
+        print(
+            f"aelab: stopped before the first training step: --strict and the doctor's set-up checks found "
+            f"{len(error.findings)} error(s); nothing was trained (details: aelab doctor {out})",
+            file=sys.stderr,
+        )
+        for finding in error.findings:
+            print(f"  {finding.line()}", file=sys.stderr)
+        return EXIT_FINDINGS
     last = result.history[-1]
     print(
         f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}; "
@@ -167,13 +201,38 @@ def finish_train_command(
 
 def command_doctor(args: argparse.Namespace) -> int:
     from aelab.doctor import recheck_run
-    from aelab.findings import FINDINGS_FILE, read_findings
+    from aelab.doctor.check import listed, sweep_runs
+    from aelab.findings import FINDINGS_FILE, compare_findings, read_findings
+    from aelab.runs import read_status
 
     run_dir = Path(args.run_dir)
+    runs = sweep_runs(run_dir)
+    if runs is not None:
+        inside = f": {listed(runs)}" if runs else " (it holds none yet)"
+        raise RunFolderError(
+            f"{run_dir} is a sweep folder, not a run folder; run `aelab doctor` on one of its runs{inside}"
+        )
     saved = read_findings(run_dir)
     if args.recheck or not (run_dir / FINDINGS_FILE).exists():
-        saved = recheck_run(run_dir)
-        print(f"{run_dir}: checked again from the folder (model, config, data)")
+        existed = (run_dir / FINDINGS_FILE).exists()
+        before, saved = saved, recheck_run(run_dir)
+        if not existed:
+            print(f"{run_dir}: checked from the folder (model, config, data); wrote {FINDINGS_FILE}")
+        else:
+            changes = compare_findings(before, saved)
+            counts = (
+                f"{len(changes.added)} added, {len(changes.removed)} removed, {len(changes.changed)} changed severity"
+            )
+            print(
+                f"{run_dir}: checked again from the folder (model, config, data); {FINDINGS_FILE} updated: "
+                + (counts if changes else "the same problems as before")
+            )
+            for line in changes.lines():
+                print(f"  {line}")
+    status = read_status(run_dir)
+    if status.get("state") != "finished":
+        message = status.get("message")
+        print(f"{run_dir}: not a finished run (status: {status.get('state')}{f'; {message}' if message else ''})")
     if not saved:
         print(f"{run_dir}: no findings")
     for finding in saved:

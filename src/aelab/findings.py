@@ -53,6 +53,48 @@ class Finding:
         return f"{self.severity.upper():7} {self.id}: {self.title}" + (f" -> {self.fix}" if self.fix else "")
 
 
+def finding_key(finding: Finding) -> tuple[str, Any]:
+    """What makes two findings the same problem: the id, and the layer for per-layer ones."""
+    return finding.id, finding.evidence.get("layer")
+
+
+@dataclass(frozen=True)
+class FindingChanges:
+    """How one list of findings differs from another: problems added, removed, and those whose
+    severity changed (as (before, after) pairs)."""
+
+    added: list[Finding]
+    removed: list[Finding]
+    changed: list[tuple[Finding, Finding]]
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def lines(self) -> list[str]:
+        """One line per change, for a terminal."""
+        return (
+            [f"added   {f.severity.upper()} {_name(f)}: {f.title}" for f in self.added]
+            + [f"removed {f.severity.upper()} {_name(f)}: {f.title}" for f in self.removed]
+            + [f"changed {_name(a)}: {a.severity} -> {b.severity}" for a, b in self.changed]
+        )
+
+
+def _name(finding: Finding) -> str:
+    layer = finding.evidence.get("layer")
+    return finding.id + (f" ({layer})" if layer is not None else "")
+
+
+def compare_findings(before: list[Finding], after: list[Finding]) -> FindingChanges:
+    """What changed from `before` to `after`, matching findings by `finding_key`."""
+    old = {finding_key(f): f for f in before}
+    new = {finding_key(f): f for f in after}
+    return FindingChanges(
+        added=[f for key, f in new.items() if key not in old],
+        removed=[f for key, f in old.items() if key not in new],
+        changed=[(old[key], f) for key, f in new.items() if key in old and old[key].severity != f.severity],
+    )
+
+
 def save_findings(run_dir: str | Path, findings: list[Finding]) -> None:
     from aelab.runs import atomic_write_text
 

@@ -672,8 +672,13 @@ def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
     if run_dir is not None and trainer.epoch == 0:
         trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
-    for callback in callbacks:
-        callback.on_train_start(trainer, run_dir)
+    try:
+        for callback in callbacks:
+            callback.on_train_start(trainer, run_dir)
+    except AelabError as error:  # a callback stopped the run before its first step (Doctor(strict=True))
+        if run_dir is not None:
+            write_status(run_dir, "stopped", epochs_done=trainer.epoch, message=str(error))
+        raise
     while not trainer.should_stop:
         try:
             row = trainer.run_epoch(progress)

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 from aelab.config import RunConfig
+from aelab.data import ImageData
+from aelab.errors import SetupFindingsError
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, get_loss
 from aelab.train import Callback, Trainer, TrainResult
@@ -29,7 +31,7 @@ from .probe import (
     trace_layers,
     weight_norms,
 )
-from .setup import Setup, finite, setup_findings
+from .setup import Setting, Setup, config_setting, finite, setup_findings
 
 # Blob: the reconstructions vary across images less than this share of the images' own
 # variation, or the loss removed less than this share of the gap between the mean image's
@@ -68,6 +70,11 @@ class State:
     reference: str  # what reference_weights are: "initial" or "PyTorch default init"
     gradients: dict[str, float]
     nonfinite: list[str] = field(default_factory=list)
+    input_range: tuple[float, float] = (0.0, 1.0)  # the probe inputs' smallest and largest value
+
+    @property
+    def inputs_in_unit_range(self) -> bool:
+        return self.input_range[0] >= 0.0 and self.input_range[1] <= 1.0
 
     @property
     def gap_basis(self) -> str:
@@ -156,6 +163,7 @@ def measure(
         reference=reference,
         gradients=gradients,
         nonfinite=nonfinite,
+        input_range=(float(targets.min()), float(targets.max())),
     )
 
 
@@ -179,7 +187,7 @@ def _check_nonfinite(state: State, context: dict[str, Any]) -> list[Finding]:
     fixes = []
     if context.get("learning_rate"):
         fixes.append(f"lower the learning rate (now {context['learning_rate']:g}) by 10x")
-    if state.mean_image_mse > 1:
+    if not state.inputs_in_unit_range:
         fixes.append("scale the pixels to [0, 1]")
     fixes.append("compute log-likelihood losses from logits (a sigmoid output with aelab's bce does)")
     return [
@@ -306,7 +314,7 @@ def _check_units(state: State, context: dict[str, Any]) -> list[Finding]:
                         f"update from these images and carry no information to the next layer"
                         + (": nothing passes this layer at all." if every else ".")
                     ),
-                    fix="lower the learning rate; scale the inputs to [0, 1]; use he_uniform init or leaky_relu",
+                    fix=_unit_fix(state, context, "dead-units"),
                     epoch=state.epoch,
                 )
             )
@@ -334,7 +342,7 @@ def _check_units(state: State, context: dict[str, Any]) -> list[Finding]:
                         f"{stats.activation}'s slope is under {4 * NEAR_BOUND:.2f} of its peak, so little gradient "
                         f"passes back through these units."
                     ),
-                    fix="scale the inputs to [0, 1]; lower the learning rate; use relu hidden layers",
+                    fix=_unit_fix(state, context, "saturation"),
                     epoch=state.epoch,
                 )
             )
@@ -402,8 +410,15 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
                     f"those weights by {rate * size:.3g} times their own size; steps like that overshoot, and "
                     f"with momentum-free SGD they can blow the weights up to Inf."
                 ),
-                fix="scale the inputs to [0, 1] (large targets make large losses and gradients); lower the learning "
-                "rate; clip the gradient norm",
+                fix="; ".join(
+                    (
+                        ["scale the inputs to [0, 1] (large targets make large losses and gradients)"]
+                        if not state.inputs_in_unit_range
+                        else []
+                    )
+                    + ["lower the learning rate"]
+                    + ([] if context.get("setting") else ["clip the gradient norm"])
+                ),
                 epoch=state.epoch,
             )
         ]
@@ -440,14 +455,49 @@ def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
                     "steps that suit the last layer are far too big for the first."
                 )
             ),
-            fix=(
-                "use relu hidden layers with he_uniform init, fewer layers, or a normalisation layer"
-                if vanishing
-                else "lower the learning rate; use glorot or he init; clip the gradient norm"
-            ),
+            fix=_spread_fix(context, vanishing),
             epoch=state.epoch,
         )
     ]
+
+
+def _unit_fix(state: State, context: dict[str, Any], finding: str) -> str:
+    """What to change for dead (relu) or saturated (sigmoid, tanh) units, naming aelab's
+    settings only for aelab runs and suggesting only what is not already so."""
+    setting: Setting | None = context.get("setting")
+    fixes = [] if state.inputs_in_unit_range else ["scale the inputs to [0, 1]"]
+    fixes.append(
+        "lower the learning rate" + (f" (now {context['learning_rate']:g})" if context.get("learning_rate") else "")
+    )
+    if finding == "dead-units":
+        if setting is None:
+            fixes.append("use He (Kaiming) initialisation or leaky_relu")
+        else:
+            changes = (
+                [setting("model.init", "he_uniform")] if context.get("init") not in ("he_uniform", "he_normal") else []
+            )
+            changes.append(setting("model.activation", "leaky_relu"))
+            fixes.append(" or ".join(changes))
+    elif setting is None:
+        fixes.append("use relu hidden layers")
+    else:
+        fixes.append(f"use relu hidden layers ({setting('model.activation', 'relu')})")
+    return "; ".join(fixes)
+
+
+def _spread_fix(context: dict[str, Any], vanishing: bool) -> str:
+    setting: Setting | None = context.get("setting")
+    if setting is None:
+        if vanishing:
+            return "use relu hidden layers with He (Kaiming) init, fewer layers, or a normalisation layer"
+        return "lower the learning rate; use Glorot or He init; clip the gradient norm"
+    if vanishing:
+        return (
+            f"use relu hidden layers with he_uniform init ({setting('model.activation', 'relu')}, "
+            f"{setting('model.init', 'he_uniform')}) or fewer layers ({setting('model.hidden_dims', None)})"
+        )
+    rate, init = setting("train.learning_rate", None), setting("model.init", None)
+    return f"lower the learning rate ({rate}); use glorot or he init ({init})"
 
 
 STATE_CHECKS = (_check_nonfinite, _check_blob, _check_units, _check_weights, _check_gradients)
@@ -481,19 +531,29 @@ def merge_and_save(run_dir: Path, findings: list[Finding]) -> None:
     save_findings(run_dir, others + findings)
 
 
-def run_context(config: RunConfig) -> dict[str, Any]:
-    """The run facts the fixes mention."""
+def run_context(config: RunConfig, setting: Setting = config_setting) -> dict[str, Any]:
+    """The run facts the fixes mention, and how they name a setting (config keys or flags)."""
     return {
         "learning_rate": config.train.learning_rate,
         "optimizer": config.train.optimizer,
         "weight_decay": config.train.weight_decay,
         "activation": config.model.activation,
+        "init": config.model.init,
+        "setting": setting,
     }
 
 
-def config_setup(config: RunConfig, subject: Subject, targets: torch.Tensor) -> Setup:
-    """The pre-training checks' inputs for an aelab model built from `config`."""
+def config_setup(
+    config: RunConfig,
+    subject: Subject,
+    targets: torch.Tensor,
+    data: ImageData | None = None,
+    setting: Setting = config_setting,
+) -> Setup:
+    """The pre-training checks' inputs for an aelab model built from `config` (trained on
+    `data`, when known: 8-bit pixels loaded unscaled are what data.scale "none" kept raw)."""
     pixels, _ = subject.reconstruct(targets)
+    kept_raw = data is not None and data.val.dtype == torch.uint8 and data.scale == 1.0
     return Setup(
         loss=config.train.loss,
         output_activation=config.model.output_activation,
@@ -501,6 +561,8 @@ def config_setup(config: RunConfig, subject: Subject, targets: torch.Tensor) -> 
         code_width=config.model.latent_dim,
         input_width=targets[0].numel(),
         pixels=pixels,
+        setting=setting,
+        raw_divisor=255.0 if kept_raw else None,
     )
 
 
@@ -508,9 +570,16 @@ class Doctor(Callback):
     """Runs the doctor during `aelab.train`: the pre-training checks at the start, the state
     checks after every epoch on a fixed probe batch (the first PROBE_IMAGES validation images),
     a few monitor numbers added to each metrics row (doctor_*), and findings.json kept current
-    in the run folder. `findings` holds the latest list."""
+    in the run folder. `findings` holds the latest list.
 
-    def __init__(self) -> None:
+    strict: stop the run before its first step when the pre-training checks find an
+        error-level problem: `on_train_start` raises SetupFindingsError (its `.findings` lists
+        them; they are saved to findings.json first), and `train` marks the folder "stopped".
+    setting: how fixes name a setting; config keys by default."""
+
+    def __init__(self, *, strict: bool = False, setting: Setting = config_setting) -> None:
+        self.strict = strict
+        self.setting = setting
         self.findings: list[Finding] = []
         self.setup: list[Finding] = []
         self._streaks: dict[tuple[str, Any], int] = {}
@@ -522,15 +591,23 @@ class Doctor(Callback):
         self._baseline = baseline(self._probe, trainer.config.train.loss)
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
-        self.setup = setup_findings(config_setup(trainer.config, self._subject, self._probe))
+        setup = config_setup(trainer.config, self._subject, self._probe, trainer.data, self.setting)
+        self.setup = setup_findings(setup)
         self.findings = list(self.setup)
         if run_dir is not None:
             merge_and_save(run_dir, self.findings)
+        errors = [finding for finding in self.setup if finding.severity == "error"]
+        if self.strict and errors:
+            raise SetupFindingsError(
+                f"the set-up checks found {len(errors)} error-level problem(s) ({', '.join(f.id for f in errors)}); "
+                "stopped before the first training step, as strict asks",
+                errors,
+            )
 
     def _update(self, trainer: Trainer, run_dir: Path | None) -> State:
         assert self._subject is not None, "on_train_start was not called"
         state = measure(self._subject, self._baseline, self._layers, self._initial, "initial", epoch=trainer.epoch)
-        context = run_context(trainer.config)
+        context = run_context(trainer.config, self.setting)
         context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in trainer.history], state)
         context["setup_errors"] = [f.id for f in self.setup if f.severity == "error"]
         found = state_findings(state, context)

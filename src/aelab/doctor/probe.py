@@ -9,10 +9,12 @@ what the next layer receives (so functional activations such as `F.relu` are fou
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +40,37 @@ SATURATION_THRESHOLDS = {
 # positive inputs; the first that fits is kept).
 CANDIDATES = ("relu", "sigmoid", "tanh", "linear", "leaky_relu", "elu", "selu", "gelu")
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+# Names under which models return their reconstruction among other outputs (a VAE's
+# {"recon": ..., "mu": ..., "logvar": ...}); any name containing "recon" counts too.
+RECONSTRUCTION_NAMES = ("x_hat", "xhat", "decoded", "output", "out", "logits")
+
+
+def reconstruction_in(output: Any, inputs: torch.Tensor) -> torch.Tensor | None:
+    """The reconstruction among a model's outputs: the output itself when it is a tensor with
+    as many values as `inputs`; else, of a dict, dataclass or named tuple, the item named like
+    a reconstruction ("recon", "reconstruction", "x_hat", ...) or the first of the right size;
+    of a tuple or list, the first item of the right size (a VAE's (recon, mu, logvar)).
+    None when there is no such tensor."""
+    if isinstance(output, torch.Tensor):
+        fits = output.ndim >= 1 and output.shape[0] == inputs.shape[0] and output.numel() == inputs.numel()
+        return output if fits else None
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):
+        output = {f.name: getattr(output, f.name) for f in dataclasses.fields(output)}
+    elif isinstance(output, tuple) and hasattr(output, "_asdict"):
+        output = output._asdict()
+    if isinstance(output, Mapping):
+        named = [value for key, value in output.items() if _reconstruction_name(key)]
+        items = [*named, *(value for key, value in output.items() if not _reconstruction_name(key))]
+    elif isinstance(output, (tuple, list)):
+        items = list(output)
+    else:
+        return None
+    return next((found for item in items if (found := reconstruction_in(item, inputs)) is not None), None)
+
+
+def _reconstruction_name(key: object) -> bool:
+    name = str(key).lower()
+    return "recon" in name or name in RECONSTRUCTION_NAMES
 
 
 @dataclass
@@ -62,7 +95,10 @@ class Subject:
         output = self.model(inputs)
         if isinstance(self.model, Autoencoder) and self.from_logits is None:
             return self.model.loss_input(output)
-        return output.reshape(images.shape), bool(self.from_logits)
+        reconstruction = reconstruction_in(output, inputs)
+        if reconstruction is None:
+            raise ValueError(f"the model's output ({type(output).__name__}) holds no reconstruction of its input")
+        return reconstruction.reshape(images.shape), bool(self.from_logits)
 
     def losses(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image loss (B,), with gradients."""
@@ -84,12 +120,15 @@ class Subject:
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
+    """Every submodule in eval mode (BatchNorm uses and keeps its running statistics, Dropout
+    passes everything), then each put back in the mode it had, even where they differed."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         yield
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 @dataclass
@@ -121,7 +160,8 @@ def trace_layers(subject: Subject, images: torch.Tensor) -> list[Layer]:
     calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        calls.append((module, inputs[0].detach().flatten(1), output.detach().flatten(1)))
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            calls.append((module, inputs[0].detach().flatten(1), output.detach().flatten(1)))
 
     handles = [module.register_forward_hook(hook) for module in names]
     try:
@@ -209,24 +249,23 @@ def probe_forward(
 
 
 def weight_norms(model: nn.Module) -> dict[str, float]:
-    """Frobenius norm of every weight matrix or kernel (parameters with 2+ dims), by name."""
-    return {
-        name: float(param.detach().norm())
-        for name, param in model.named_parameters()
-        if name.endswith("weight") and param.ndim >= 2
-    }
+    """Frobenius norm of every weight matrix or kernel (parameters with 2+ dims, in layers or
+    bare `nn.Parameter`s), by name."""
+    return {name: float(param.detach().norm()) for name, param in model.named_parameters() if param.ndim >= 2}
 
 
 def gradient_norms(subject: Subject, images: torch.Tensor) -> dict[str, float]:
-    """Norm of the mean loss's gradient for every weight matrix, on `images`, in eval mode.
-    `autograd.grad` leaves the parameters' .grad fields alone, so training is not disturbed."""
+    """Norm of the mean loss's gradient for every weight matrix that requires one, on `images`,
+    in eval mode; {} when none does or the loss does not depend on any (a forward that detaches
+    its output). `autograd.grad` leaves the parameters' .grad fields alone, so training is not
+    disturbed."""
     model = subject.model
-    params = {
-        name: param
-        for name, param in model.named_parameters()
-        if name.endswith("weight") and param.ndim >= 2 and param.requires_grad
-    }
+    params = {name: param for name, param in model.named_parameters() if param.ndim >= 2 and param.requires_grad}
+    if not params:
+        return {}
     with eval_mode(model), torch.enable_grad():
         loss = subject.losses(images).mean()
+        if not loss.requires_grad:
+            return {}
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     return {name: (float(g.norm()) if g is not None else 0.0) for name, g in zip(params, grads, strict=True)}

@@ -7,6 +7,7 @@ targets (and, where a model exists, on its output at initialisation).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,15 @@ from aelab.losses import EPSILON, bce_floor
 
 PROBABILITY_LOSSES = ("bce", "cb")  # losses that read every target as a probability in [0, 1]
 SOFTMAX_SUM_TOLERANCE = 1e-3  # a reconstruction "sums to one" within this
+
+# How a fix names a change to an aelab setting: (config key, value or None) -> words. The
+# library speaks of config keys; the command line passes one that names its flags.
+Setting = Callable[[str, "str | None"], str]
+
+
+def config_setting(key: str, value: str | None = None) -> str:
+    """A setting in config-key terms: "model.output_activation: sigmoid"."""
+    return key if value is None else f"{key}: {value}"
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,10 @@ class Setup:
     code_width / input_width: values per sample in the narrowest layer and in the input.
     code_name: where the code is ("latent_dim", or a layer name for user models).
     pixels: (N, ...) the model's output pixels on `targets` at this point, or None.
+    setting: how fixes name aelab's settings (config keys, or the command line's flags); None
+        for a model aelab did not build, whose fixes then name no aelab setting.
+    raw_divisor: what data.scale "auto" would divide these pixels by (255 for 8-bit images),
+        when data.scale "none" kept them raw; None otherwise.
     """
 
     loss: str
@@ -39,15 +53,28 @@ class Setup:
     input_width: int
     code_name: str = "latent_dim"
     pixels: torch.Tensor | None = None
+    setting: Setting | None = config_setting
+    raw_divisor: float | None = None
 
 
-def _rescale_fix(high: float) -> str:
-    if 1 < high <= 255:
+def _rescale_fix(setup: Setup, low: float, high: float) -> str:
+    """How to bring these inputs into [0, 1]: by aelab's own scaling when a data.scale "none"
+    kept 8-bit pixels raw, else by the division their values call for."""
+    if setup.raw_divisor is not None and setup.setting is not None:
         return (
-            "divide the pixels by 255 so they lie in [0, 1] (aelab: drop --raw-pixels, i.e. data.scale: auto; "
-            "your own code: x = x.float() / 255)"
+            f"let aelab divide the pixels by {setup.raw_divisor:g} so they lie in [0, 1] "
+            f"({setup.setting('data.scale', 'auto')})"
         )
-    return "rescale the pixels to [0, 1], e.g. (x - min) / (max - min), before training"
+    whole = bool((setup.targets == setup.targets.round()).all())
+    if low >= 0 and whole and 128 <= high <= 255:
+        how, example = "divide them by 255 (whole numbers up to 255: 8-bit pixels)", "x = x / 255"
+    elif low >= 0:
+        how, example = f"divide them by {high:g}, their largest value", f"x = x / {high:g}"
+    else:
+        how, example = f"map them with (x - {low:g}) / {high - low:g}", f"x = (x - {low:g}) / {high - low:g}"
+    if setup.setting is None:
+        return f"rescale the inputs to [0, 1] before they reach the model: {how} ({example})"
+    return f"rescale the pixels of your data to [0, 1] before training: {how}"
 
 
 def check_input_range(setup: Setup) -> list[Finding]:
@@ -93,7 +120,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
                         f"reconstructed, whatever the weights. The first layer's weighted sums are also {high:g} "
                         f"times what they would be with the pixels divided by {high:g}."
                     ),
-                    fix=_rescale_fix(high),
+                    fix=_rescale_fix(setup, low, high),
                 )
             )
     if setup.loss in PROBABILITY_LOSSES:
@@ -109,7 +136,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
                     f"so the loss keeps falling as the prediction p approaches 1 and can go below zero: it no "
                     f"longer has its minimum at p = t and stops measuring how well an image is reconstructed."
                 ),
-                fix=_rescale_fix(high),
+                fix=_rescale_fix(setup, low, high),
             )
         )
     return findings
@@ -159,8 +186,9 @@ def check_softmax(setup: Setup) -> list[Finding]:
                 f"sum to more than 1."
             ),
             fix=(
-                "use a sigmoid output (one independent value in (0, 1) per pixel) with bce or mse; softmax "
-                "belongs to a choice among classes, not to pixels (aelab: --output-activation sigmoid)"
+                f"use a sigmoid output (one independent value in (0, 1) per pixel"
+                f"{_set(setup, 'model.output_activation', 'sigmoid', '; ')}) with bce or mse; softmax belongs to a "
+                "choice among classes, not to pixels"
             ),
         )
     ]
@@ -201,8 +229,8 @@ def check_output_range(setup: Setup) -> list[Finding]:
                     f"values are clipped to [{EPSILON:g}, 1 - {EPSILON:g}] before the log (as Keras does), and "
                     f"a clipped pixel passes no gradient back, so it stops learning.{measured}"
                 ),
-                fix=f"use a sigmoid output with {setup.loss} (aelab: --output-activation sigmoid), or keep "
-                f"{activation} and train with mse",
+                fix=f"use a sigmoid output with {setup.loss}{_set(setup, 'model.output_activation', 'sigmoid')}, or "
+                f"keep {activation} and train with mse{_set(setup, 'train.loss', 'mse')}",
             )
         ]
     if activation == "tanh":
@@ -217,7 +245,9 @@ def check_output_range(setup: Setup) -> list[Finding]:
                     f"[-1, 0) of the output range is values no pixel has, which the model must learn to avoid, "
                     f"and a background pixel of 0 sits at tanh's centre instead of at a bound."
                 ),
-                fix="use a sigmoid output for [0, 1] data, or rescale the data to [-1, 1] (x * 2 - 1) to keep tanh",
+                # aelab's data are never negative, so rescaling to [-1, 1] is advice for users' own models only
+                fix=f"use a sigmoid output for [0, 1] data{_set(setup, 'model.output_activation', 'sigmoid')}"
+                + (", or rescale the data to [-1, 1] (x * 2 - 1) to keep tanh" if setup.setting is None else ""),
             )
         ]
     return []
@@ -246,7 +276,12 @@ def check_bce_floor(setup: Setup) -> list[Finding]:
                 f"entropy, {floor:.4f} nats per pixel, which any model, however good, still scores. Watch the "
                 f"excess over {floor:.4f} (val_loss_excess in metrics.jsonl), not the raw value."
             ),
-            fix="nothing to change; to make 0 the floor, binarise the targets (--binarize threshold or bernoulli)",
+            fix="nothing to change; to make 0 the floor, binarise the targets "
+            + (
+                f"({setup.setting('data.binarize', 'threshold')} or bernoulli)"
+                if setup.setting is not None
+                else "(e.g. x > 0.5)"
+            ),
         )
     ]
 
@@ -266,8 +301,12 @@ def check_code_width(setup: Setup) -> list[Finding]:
                 f"{setup.input_width} input values, so nothing forces the model to compress: it can learn to "
                 f"copy its input, and a low loss then says nothing about what structure it learned."
             ),
-            fix=f"make the code narrower than {setup.input_width} (aelab: --latent), or add a constraint "
-            "(denoising input noise, a sparsity penalty)",
+            fix=f"make the code narrower than {setup.input_width} values"
+            + (
+                f" ({setup.setting('model.latent_dim', None)})"
+                if setup.setting is not None
+                else ", or add a constraint (denoising input noise, a sparsity penalty)"
+            ),
         )
     ]
 
@@ -278,6 +317,13 @@ SETUP_CHECKS = (check_input_range, check_softmax, check_output_range, check_bce_
 def setup_findings(setup: Setup) -> list[Finding]:
     """Every pre-training check's findings, in a fixed order."""
     return [finding for check in SETUP_CHECKS for finding in check(setup)]
+
+
+def _set(setup: Setup, key: str, value: str, before: str = " (") -> str:
+    """ " (KEY: VALUE)" in the setup's terms, or "" for a model aelab did not build."""
+    if setup.setting is None:
+        return ""
+    return f"{before}{setup.setting(key, value)}" + (")" if before == " (" else "")
 
 
 def finite(value: float) -> float | None:
