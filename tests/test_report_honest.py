@@ -3,12 +3,17 @@ validation loss, training time adds up to the time it took, one collapse thresho
 report and the doctor, nothing is "best" alone or when it collapsed, PCA axes in equal units,
 and rendering leaves matplotlib's global state alone (issue 10 item 14, issue 11 point 6)."""
 
+import math
 import re
+from pathlib import Path
 
 import pytest
 
 from aelab import RunConfig
-from aelab.report import METRICS, render_report
+from aelab.doctor.monitor import State, state_findings
+from aelab.evaluate import Evaluation
+from aelab.metrics import COLLAPSE_BLOB_SCORE
+from aelab.report import METRICS, build_rows, render_report, table_cells
 from aelab.runs import read_metrics
 from aelab.sweep import SweepSpec, parse_grid, run_sweep
 
@@ -52,3 +57,54 @@ def test_each_runs_own_loss_column_is_its_validation_loss(loss_sweep):
             assert row[f"val_{own}"] == pytest.approx(row["val_loss"], rel=1e-6, abs=1e-9), (loss, row["epoch"])
         if loss == "cb":
             assert table[loss][cb_index] == format(history[-1]["val_loss"], ".3f")
+
+
+# --- built evaluations: the report's judgement without training
+
+
+def _evaluation(
+    name: str, mse: float, blob: float = 0.8, sharpness: float = 0.9, state: str = "finished", loss: str = "bce"
+) -> Evaluation:
+    config = RunConfig.from_dict({"train": {"loss": loss}})
+    metrics = {
+        "mse": mse,
+        "mae": mse * 2,
+        "psnr": -10 * math.log10(mse),
+        "ssim": 0.5,
+        "bce": 0.2,
+        "bce_excess": 0.1,
+        "cb_nll": -1.0,
+        "intensity_bias": 0.0,
+        "blob_score": blob,
+        "sharpness": sharpness,
+        "probe_accuracy": 0.5,
+    }
+    history = [{"epoch": 1, "seconds": 1.5, "train_loss": 0.2, "val_loss": 0.2, "val_mse": mse, "val_blob_score": blob}]
+    return Evaluation(Path("/nowhere") / name, config, {"state": state}, history, [], metrics)
+
+
+def _state(variation_ratio: float) -> State:
+    """A model whose loss closed nearly all the gap to the floor: only its variation can make
+    the doctor call it a blob."""
+    return State(
+        epoch=3, loss="mse", images=256, loss_value=0.002, mean_image_loss=0.07, loss_floor=0.0, mse=0.002,
+        mean_image_mse=0.07, variation_ratio=variation_ratio, distance_to_mean_image=0.5, layer_stats=[],
+        weights={}, reference_weights={}, reference="initial", gradients={},
+    )  # fmt: skip
+
+
+def test_the_doctor_and_the_report_share_one_collapse_threshold():
+    for score in (0.05, 0.12, 0.15, 0.19, 0.21, 0.4, math.nan):
+        blob_errors = [f for f in state_findings(_state(score)) if f.id == "blob" and f.severity == "error"]
+        evaluation = _evaluation("run", 0.05, blob=score)
+        assert bool(blob_errors) == evaluation.collapsed == (score < COLLAPSE_BLOB_SCORE), score
+
+
+def test_a_run_the_doctor_calls_an_error_level_blob_gets_the_collapsed_badge():
+    score = 0.15  # the issue's run: the doctor said error, the report said nothing
+    assert [f.severity for f in state_findings(_state(score)) if f.id == "blob"] == ["error"]
+    blob, fine = _evaluation("blob", 0.05, blob=score), _evaluation("fine", 0.03)
+    rows = build_rows([blob, fine], ["blob", "fine"], ["blob", "fine"])
+    cells = table_cells(rows)
+    assert ("collapsed", "COLLAPSED") in cells[0]["flags"] and cells[0]["css"] == "collapsed"
+    assert not cells[1]["flags"]

@@ -14,6 +14,9 @@ Bernoulli its parameter lambda, the output activation's value, which is the show
 models trained with another loss but not for cb-trained ones (they show the cb mean). So a
 run's own column is its validation loss; `image_metrics` takes that one from the logits
 (`loss_values`), exact where float32 pixels saturate.
+
+One definition of collapse serves the doctor and the report: blob score (`SetStatistics.blob_score`)
+under `COLLAPSE_BLOB_SCORE`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ from aelab.losses import LOSSES, bce_floor, mse
 SSIM_WINDOW = 7  # skimage's default window; shrunk to the image size for small images (8x8 digits)
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. 2004's constants
 SSIM_SLICE = 64  # images per pass of the window sums
+
+# Below this blob score the reconstructions vary across images less than a fifth as much as
+# the images do: the model shows about the same picture whatever the input (a blob). The
+# doctor's blob check (on its probe batch, every epoch) and the report's COLLAPSED badge (on
+# the validation split) both use it.
+COLLAPSE_BLOB_SCORE = 0.2
+
+
+def is_collapsed(blob_score: float) -> bool:
+    """Whether a blob score says the model collapsed to one image (NaN: unknown, not collapsed)."""
+    return math.isfinite(blob_score) and blob_score < COLLAPSE_BLOB_SCORE
 
 
 def psnr(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
