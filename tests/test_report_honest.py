@@ -5,12 +5,15 @@ and rendering leaves matplotlib's global state alone (issue 10 item 14, issue 11
 
 import math
 import re
+import time
 from pathlib import Path
 
 import pytest
 
 from aelab import RunConfig
+from aelab.data import load_dataset
 from aelab.doctor.monitor import State, state_findings
+from aelab.ensemble import train_ensemble
 from aelab.evaluate import Evaluation
 from aelab.metrics import COLLAPSE_BLOB_SCORE
 from aelab.report import METRICS, build_rows, render_report, table_cells
@@ -57,6 +60,28 @@ def test_each_runs_own_loss_column_is_its_validation_loss(loss_sweep):
             assert row[f"val_{own}"] == pytest.approx(row["val_loss"], rel=1e-6, abs=1e-9), (loss, row["epoch"])
         if loss == "cb":
             assert table[loss][cb_index] == format(history[-1]["val_loss"], ".3f")
+
+
+def test_train_seconds_add_up_to_the_time_stacked_runs_took():
+    configs = [
+        RunConfig.from_dict(
+            {
+                "data": {"val_limit": 256},
+                "model": {"hidden_dims": [64], "latent_dim": 8, "activation": "relu"},
+                "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "threads": 1, "loss": loss},
+            }
+        )
+        for loss in ("bce", "mse", "mae", "cb")
+    ]
+    data = load_dataset(configs[0].data)
+    started = time.perf_counter()
+    results = train_ensemble(configs, data=data, progress=False)
+    wall = time.perf_counter() - started
+    seconds = [sum(row["seconds"] for row in result.history) for result in results]
+    assert all(value > 0 for value in seconds)
+    # Each stacked run is charged its share of the group's step, so the runs' times add up to at
+    # most the wall time (before, each one counted the whole step: about 4x the wall time).
+    assert sum(seconds) <= wall
 
 
 # --- built evaluations: the report's judgement without training
