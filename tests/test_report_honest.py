@@ -8,15 +8,18 @@ import re
 import time
 from pathlib import Path
 
+import matplotlib
 import pytest
+import torch
 
 from aelab import RunConfig
 from aelab.data import load_dataset
 from aelab.doctor.monitor import State, state_findings
 from aelab.ensemble import train_ensemble
 from aelab.evaluate import Evaluation
+from aelab.loss_curves import plot_loss_curves
 from aelab.metrics import COLLAPSE_BLOB_SCORE
-from aelab.report import METRICS, build_rows, render_report, table_cells
+from aelab.report import METRICS, build_rows, figure_codes, headline, render_report, table_cells
 from aelab.runs import read_metrics
 from aelab.sweep import SweepSpec, parse_grid, run_sweep
 
@@ -84,6 +87,15 @@ def test_train_seconds_add_up_to_the_time_stacked_runs_took():
     assert sum(seconds) <= wall
 
 
+def test_report_states_the_training_time_the_column_adds_up_to(loss_sweep):
+    out, result = loss_sweep
+    html = (out / "report.html").read_text()
+    total = sum(row["seconds"] for e in result.evaluations for row in read_metrics(e.run_dir))
+    shown = f"{total:.0f}" if total >= 10 else f"{total:.2g}"
+    assert f"Training took {shown} s" in html
+    assert "charged an equal share" in html
+
+
 # --- built evaluations: the report's judgement without training
 
 
@@ -133,3 +145,70 @@ def test_a_run_the_doctor_calls_an_error_level_blob_gets_the_collapsed_badge():
     cells = table_cells(rows)
     assert ("collapsed", "COLLAPSED") in cells[0]["flags"] and cells[0]["css"] == "collapsed"
     assert not cells[1]["flags"]
+
+
+def test_a_single_run_report_names_no_best_and_stars_nothing(loss_sweep, tmp_path):
+    out, _ = loss_sweep
+    for evaluation, kind in ((_evaluation("alone", 0.05, blob=0.02), "bad"), (_evaluation("alone", 0.03), "neutral")):
+        rows = build_rows([evaluation], ["alone"], ["alone"])
+        assert not any(cell["best"] for cell in table_cells(rows)[0]["cells"])
+        cards = headline(rows)
+        assert [card.get("kind") for card in cards] == [kind]
+        assert not any(word in card["title"] for card in cards for word in ("Most faithful", "Sharpest"))
+        html = render_report(out, tmp_path / f"{kind}.html", evaluations=[evaluation]).read_text()
+        assert "Most faithful" not in html and "Sharpest" not in html and 'class="best"' not in html
+        assert f'class="card {kind}"' in html and "One run: alone" in html
+
+
+def test_a_collapsed_or_diverged_run_is_never_most_faithful_or_sharpest():
+    evaluations = [
+        _evaluation("blob", 0.01, blob=0.05, sharpness=1.0),  # lowest MSE, perfect sharpness, collapsed
+        _evaluation("nan", 0.02, sharpness=1.0, state="diverged"),
+        _evaluation("good", 0.03, sharpness=0.7),
+        _evaluation("fair", 0.04, sharpness=0.5, loss="mse"),
+    ]
+    labels = [e.name for e in evaluations]
+    rows = build_rows(evaluations, labels, labels)
+    cards = headline(rows)
+    titles = [card["title"] for card in cards]
+    assert titles[:2] == ["Most faithful: good", "Sharpest: good"]
+    assert "Not ranked: blob (collapsed), nan (diverged)" in cards[0]["text"]
+    assert cards[2]["title"] == "Losses ranked by their best run's MSE"
+    assert not any(f"({name})" in line for line in cards[2]["lines"] for name in ("blob", "nan"))
+    cells = table_cells(rows)
+    assert not any(cell["best"] for row in cells[:2] for cell in row["cells"])
+    assert all(cell["best"] for cell in cells[2]["cells"][:1])  # good has the lowest MSE of the ranked runs
+
+
+def test_pca_panels_use_the_same_units_on_both_axes(monkeypatch):
+    drawn = []
+    monkeypatch.setattr("aelab.report._figure_png", lambda figure: drawn.append(figure) or "png")
+    line = _evaluation("line", 0.03)
+    x = torch.linspace(-3, 3, 200).double().numpy()
+    line.codes_2d = torch.stack([torch.tensor(x), torch.zeros(200, dtype=torch.float64)], dim=1).numpy()
+    line.explained = (1.0, 0.0)  # "100% + 0%": a line, and it must look like one
+    assert figure_codes([line], ["line"]) == "png"
+    (axis,) = [a for a in drawn[0].axes if a.get_visible()]
+    assert axis.get_aspect() == 1.0
+    drawn[0].draw_without_rendering()  # the limits after the equal-aspect adjustment
+    (left, right), (bottom, top) = axis.get_xlim(), axis.get_ylim()
+    width, height = axis.get_window_extent().width, axis.get_window_extent().height
+    assert (right - left) / width == pytest.approx((top - bottom) / height, rel=1e-6)
+
+
+def test_rendering_a_report_keeps_the_users_backend_and_pyplot_figures(loss_sweep, tmp_path):
+    import matplotlib.pyplot as plt
+
+    out, result = loss_sweep
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a backend the user chose
+    mine = plt.figure()
+    try:
+        figures = plt.get_fignums()
+        render_report(out, tmp_path / "report.html", evaluations=result.evaluations)
+        plot_loss_curves()
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == figures and plt.gcf() is mine
+    finally:
+        plt.close(mine)
+        matplotlib.use(before)
