@@ -287,15 +287,20 @@ def _train_locked_group(
             trainer, run_dir = trainers[m], run_dirs[m]
             if diverged[m] is not None:
                 continue  # its slice of the stack trains on, unread: members never mix
-            loss = losses[order.index(m)]
             try:
                 trainer.check_losses(step_losses[order.index(m)], 0)  # the solo run's per-step check
                 trainer.check_weights()
             except DivergenceError as error:
                 diverged[m] = record_divergence(trainer, run_dir, error)
-                continue
-            trainer.record_epoch(loss, started)
-            end_epoch(trainer, trainer.history[-1], run_dir, progress, callbacks[m], echo=False)
+        recording = [m for m in order if diverged[m] is None]
+        # One stacked step trained every member: each run that records the epoch is charged an
+        # equal share of it plus its own validation, so the runs' seconds add up to the time
+        # the group took instead of each counting all of it.
+        share = (time.perf_counter() - started) / max(1, len(recording))
+        for m in recording:
+            trainer = trainers[m]
+            trainer.record_epoch(losses[order.index(m)], time.perf_counter() - share)
+            end_epoch(trainer, trainer.history[-1], run_dirs[m], progress, callbacks[m], echo=False)
         if progress:  # one line per epoch for the whole group
             rows = [
                 f"{run_dir.name if run_dir is not None else m} "

@@ -24,7 +24,7 @@ from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
 from aelab.findings import Finding, read_findings
-from aelab.metrics import probe_accuracy
+from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
 from aelab.runs import load_config, load_run, read_metrics, read_status
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ PROBE_TRAIN_LIMIT = 5000  # training codes the linear probe is fitted on
 HISTOGRAM_BINS = 50
 CODE_POINTS = 2000  # validation codes drawn in the PCA view
 
-# Below this blob score a run outputs nearly the same image for every input.
-COLLAPSE_BLOB_SCORE = 0.1
 # Mean output this far below the data's mean (as a share of it) counts as a dimmed image.
 DIM_SHARE = 0.25
 
@@ -71,9 +69,9 @@ class Evaluation:
 
     @property
     def collapsed(self) -> bool:
-        """Outputs nearly the same image whatever the input (blob score under 0.1)."""
-        score = self.metrics.get("blob_score", math.nan)
-        return math.isfinite(score) and score < COLLAPSE_BLOB_SCORE
+        """Outputs nearly the same image whatever the input: blob score under
+        `aelab.metrics.COLLAPSE_BLOB_SCORE`, the threshold of the doctor's blob check."""
+        return is_collapsed(self.metrics.get("blob_score", math.nan))
 
     @property
     def dimmed(self) -> bool:
@@ -90,7 +88,8 @@ class Evaluation:
         if self.collapsed:
             found.append(
                 f"collapsed to a constant image: its reconstructions vary {self.metrics['blob_score']:.3f} times as "
-                "much as the data (blob score); it shows about the same picture whatever the input"
+                f"much as the data (blob score, under {COLLAPSE_BLOB_SCORE}); it shows about the same picture "
+                "whatever the input"
             )
         if self.dimmed:
             share = -self.metrics["intensity_bias"] / self.metrics["data_mean"]
@@ -107,7 +106,8 @@ class Evaluation:
         return found
 
     def summary(self) -> dict[str, Any]:
-        """One results row: state, epochs, training time, and every metric."""
+        """One results row: state, epochs, training time (seconds of training and validation; a
+        run trained stacked with others is charged its share of the group's step), and every metric."""
         seconds = sum(float(row.get("seconds", 0.0)) for row in self.history)
         last = self.history[-1] if self.history else {}
         return {

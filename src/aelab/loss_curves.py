@@ -151,16 +151,15 @@ def plot_loss_curves(
     (prediction, loss) is marked on its target's curve. Written to `path` when given
     (atomically); the PNG bytes are returned either way."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global figures, the user's backend kept
 
     from aelab.runs import atomic_write_bytes
 
     grid = prediction_grid()
     names = list(LOSSES)
-    figure, axes = plt.subplots(1, len(names), figsize=(3.3 * len(names), 3.3), sharex=True)
-    colours = plt.get_cmap("viridis")
+    figure = Figure(figsize=(3.3 * len(names), 3.3))
+    axes = figure.subplots(1, len(names), sharex=True, squeeze=False)[0]
+    colours = matplotlib.colormaps["viridis"]
     for axis, name in zip(axes, names, strict=True):
         for index, target in enumerate(targets):
             colour = colours(index / max(1, len(targets) - 1) * 0.9)
@@ -181,7 +180,6 @@ def plot_loss_curves(
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     data = buffer.getvalue()
     if path is not None:
         atomic_write_bytes(path, data)

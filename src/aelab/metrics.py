@@ -7,6 +7,16 @@ summary of a per-image metric is its mean over images.
 The pixels are what the model shows (`aelab.train.model_pixels`): the output activation's
 values, or the continuous Bernoulli mean for a cb-trained model. A BCE-trained and an
 MSE-trained model are therefore scored on the same images by the same rules.
+
+Each loss column (mse, mae, bce, cb_nll) is that loss of the model's output as the loss reads
+it: for mse, mae and bce the shown pixels (their parameter is their mean); for the continuous
+Bernoulli its parameter lambda, the output activation's value, which is the shown pixel for
+models trained with another loss but not for cb-trained ones (they show the cb mean). So a
+run's own column is its validation loss; `image_metrics` takes that one from the logits
+(`loss_values`), exact where float32 pixels saturate.
+
+One definition of collapse serves the doctor and the report: blob score (`SetStatistics.blob_score`)
+under `COLLAPSE_BLOB_SCORE`.
 """
 
 from __future__ import annotations
@@ -16,11 +26,22 @@ import warnings
 
 import torch
 
-from aelab.losses import bce, bce_floor, cb, mae, mse
+from aelab.losses import LOSSES, bce_floor, mse
 
 SSIM_WINDOW = 7  # skimage's default window; shrunk to the image size for small images (8x8 digits)
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. 2004's constants
 SSIM_SLICE = 64  # images per pass of the window sums
+
+# Below this blob score the reconstructions vary across images less than a fifth as much as
+# the images do: the model shows about the same picture whatever the input (a blob). The
+# doctor's blob check (on its probe batch, every epoch) and the report's COLLAPSED badge (on
+# the validation split) both use it.
+COLLAPSE_BLOB_SCORE = 0.2
+
+
+def is_collapsed(blob_score: float) -> bool:
+    """Whether a blob score says the model collapsed to one image (NaN: unknown, not collapsed)."""
+    return math.isfinite(blob_score) and blob_score < COLLAPSE_BLOB_SCORE
 
 
 def psnr(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -191,21 +212,32 @@ def probe_accuracy(
 
 
 def image_metrics(
-    pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0, bce_floors: torch.Tensor | None = None
+    pixels: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    bce_floors: torch.Tensor | None = None,
+    loss_values: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Means over images of the per-image metrics: MSE, MAE, BCE (pixels clipped as Keras
-    does), BCE excess over the targets' entropy floor, continuous-Bernoulli NLL, PSNR, SSIM and
-    intensity bias. Means of chunks weighted by their sizes give the means of the whole set.
-    SSIM needs (B, C, H, W) images; it is NaN otherwise. `bce_floors`: `bce_floor(target)`
-    when the caller has it already (it depends on the targets only)."""
-    bce_values = bce(pixels, target, from_logits=False)
+    does), BCE excess over the targets' entropy floor, continuous-Bernoulli NLL with the pixels
+    as its parameter lambda (clipped likewise), PSNR, SSIM and intensity bias. Means of chunks
+    weighted by their sizes give the means of the whole set. SSIM needs (B, C, H, W) images; it
+    is NaN otherwise. `bce_floors`: `bce_floor(target)` when the caller has it already (it
+    depends on the targets only).
+
+    `loss_values`: per-image values (B,) of losses (by `aelab.losses.LOSSES` name) that the
+    caller computed from the model's output, used instead of the pixel-based ones: a run's own
+    loss, so that its column is its validation loss. A cb-trained model must pass its "cb": its
+    pixels are cb means, not lambda, and reading them as lambda gives another number."""
+    given = loss_values or {}
+    values = {name: given[name] if name in given else LOSSES[name](pixels, target, False) for name in LOSSES}
     floor = bce_floor(target) if bce_floors is None else bce_floors
     return {
-        "mse": float(mse(pixels, target, from_logits=False).mean()),
-        "mae": float(mae(pixels, target, from_logits=False).mean()),
-        "bce": float(bce_values.mean()),
-        "bce_excess": float((bce_values - floor).mean()) if torch.isfinite(floor).all() else math.nan,
-        "cb_nll": float(cb(pixels, target, from_logits=False).mean()),
+        "mse": float(values["mse"].mean()),
+        "mae": float(values["mae"].mean()),
+        "bce": float(values["bce"].mean()),
+        "bce_excess": float((values["bce"] - floor).mean()) if torch.isfinite(floor).all() else math.nan,
+        "cb_nll": float(values["cb"].mean()),
         "psnr": float(psnr(pixels, target, data_range).mean()),
         "ssim": float(ssim(pixels, target, data_range).mean()) if pixels.ndim == 4 else math.nan,
         "intensity_bias": float(intensity_bias(pixels, target).mean()),

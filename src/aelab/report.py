@@ -3,7 +3,8 @@
 `render_report(path)` reads run folders only (a single run folder, or a sweep folder with
 one run folder per grid point), evaluates each run on its validation split with
 `aelab.evaluate`, and writes `report.html` into that folder atomically. The page works
-offline: no scripts, fonts or images are fetched from anywhere.
+offline: no scripts, fonts or images are fetched from anywhere. Figures are drawn on
+`matplotlib.figure.Figure` objects, so rendering leaves pyplot and the user's backend alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import numpy as np
 from aelab.data import IN_MEMORY, data_for_run
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, RunFolderError
-from aelab.evaluate import COLLAPSE_BLOB_SCORE, Evaluation, evaluate_runs
+from aelab.evaluate import Evaluation, evaluate_runs
+from aelab.metrics import COLLAPSE_BLOB_SCORE
 from aelab.runs import CONFIG_FILE, REPORT_FILE, atomic_write_text, load_config
 from aelab.sweep import Sweep, read_sweep, short_key
 from aelab.train import Callback, Trainer, TrainResult
@@ -52,7 +54,15 @@ METRICS: list[tuple[str, str, str, str, str]] = [
         ".4f",
         "BCE minus its floor (the targets' entropy): 0 only when output = target",
     ),
-    ("cb_nll", "cb NLL", "min", ".3f", "continuous Bernoulli negative log-likelihood per pixel (can be negative)"),
+    (
+        "cb_nll",
+        "cb NLL",
+        "min",
+        ".3f",
+        "continuous Bernoulli negative log-likelihood per pixel (can be negative) with the output "
+        "activation's value (the sigmoid) as its parameter lambda: for cb runs, which show the cb mean of "
+        "that lambda, their validation loss; for other runs lambda is the pixels they show",
+    ),
     ("intensity_bias", "bias", "zero", "+.4f", "mean output minus mean target: negative dims the image"),
     (
         "blob_score",
@@ -60,7 +70,8 @@ METRICS: list[tuple[str, str, str, str, str]] = [
         "one",
         ".2f",
         "image-to-image variance of the reconstructions over the data's: "
-        f"0 = the same image for every input; under {COLLAPSE_BLOB_SCORE} is flagged as collapsed",
+        f"0 = the same image for every input; under {COLLAPSE_BLOB_SCORE} is flagged as collapsed, the "
+        "threshold of the doctor's blob check",
     ),
     (
         "sharpness",
@@ -75,26 +86,28 @@ METRICS: list[tuple[str, str, str, str, str]] = [
 
 
 def _figure_png(figure: Any) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _pyplot() -> Any:
+def _subplots(rows: int, columns: int, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its (rows, columns) array of axes, outside pyplot: no global figure list,
+    no backend switch."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=False)
+
+
+def _colormap(name: str) -> Any:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return matplotlib.colormaps[name]
 
 
 def _run_colours(count: int) -> list[Any]:
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    cmap = _colormap("tab10" if count <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(count)]
 
 
@@ -112,7 +125,6 @@ def figure_reconstructions(evaluations: Sequence[Evaluation], labels: Sequence[s
     first = next((e for e in evaluations if e.sample_targets is not None), None)
     if first is None:
         return None
-    plt = _pyplot()
     originals = _image_array(first.sample_targets)
     count = originals.shape[0]
     rows = [("originals", originals, None)]
@@ -122,7 +134,7 @@ def figure_reconstructions(evaluations: Sequence[Evaluation], labels: Sequence[s
     top = max(1.0, float(first.sample_targets.max()))
     margin = 0.3 + 0.085 * max(len(label) for label, _, _ in rows)  # inches for the row labels
     width = 0.8 * count + margin
-    figure, axes = plt.subplots(len(rows), count, figsize=(width, 0.84 * len(rows) + 0.2), squeeze=False)
+    figure, axes = _subplots(len(rows), count, (width, 0.84 * len(rows) + 0.2))
     for row, (label, images, evaluation) in enumerate(rows):
         for column in range(count):
             axis = axes[row][column]
@@ -165,8 +177,8 @@ def figure_training(evaluations: Sequence[Evaluation], labels: Sequence[str], co
     """Left: validation MSE by epoch for every run (equal footing); right: blob score by epoch."""
     if not any(e.history for e in evaluations):
         return None
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    figure, grid = _subplots(1, 2, (11, 3.6))
+    axes = grid[0]
     for evaluation, label, colour in zip(evaluations, labels, colours, strict=True):
         epochs = [row["epoch"] for row in evaluation.history]
         style = "--" if evaluation.collapsed else "-"
@@ -187,10 +199,9 @@ def figure_training(evaluations: Sequence[Evaluation], labels: Sequence[str], co
 
 
 def _small_multiples(count: int, width: float = 2.9, height: float = 2.4, columns: int = 4) -> tuple[Any, list[Any]]:
-    plt = _pyplot()
     columns = max(1, min(columns, count))
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    figure, axes = _subplots(rows, columns, (width * columns, height * rows))
     flat = [axis for row in axes for axis in row]
     for axis in flat[count:]:
         axis.set_visible(False)
@@ -244,7 +255,8 @@ def figure_codes(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> st
     shown = [(e, label) for e, label in zip(evaluations, labels, strict=True) if e.codes_2d is not None]
     if not shown:
         return None
-    plt = _pyplot()
+    from matplotlib.lines import Line2D
+
     figure, axes = _small_multiples(len(shown), height=2.7)
     for axis, (evaluation, label) in zip(axes, shown, strict=True):
         points = evaluation.codes_2d
@@ -266,10 +278,12 @@ def figure_codes(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> st
         axis.set_title(f"{label}\nPCs explain {first:.0%} + {second:.0%}", fontsize=9)
         axis.set_xticks([])
         axis.set_yticks([])
+        # One unit is as long on both axes, so a second component that explains little shows
+        # as the thin band it is rather than stretched to a square cloud.
+        axis.set_aspect("equal", adjustable="datalim")
     if shown[0][0].code_labels is not None:
-        handles = [
-            plt.Line2D([], [], marker="o", ls="", color=plt.get_cmap("tab10")(i), label=str(i)) for i in range(10)
-        ]
+        colours = _colormap("tab10")
+        handles = [Line2D([], [], marker="o", ls="", color=colours(i), label=str(i)) for i in range(10)]
         figure.legend(handles=handles, loc="lower center", ncol=10, fontsize=8, frameon=False)
         figure.tight_layout(rect=(0, 0.07 / math.ceil(len(shown) / 4), 1, 1))
     else:
@@ -315,6 +329,25 @@ class Row:
     def broken(self) -> bool:
         return any(e.problems() for e in self.members) and not (self.collapsed or self.dimmed)
 
+    @property
+    def ranked(self) -> bool:
+        """Whether the row may be called best at anything: every member finished and none
+        collapsed. A collapsed, diverged or unfinished run is never "most faithful"."""
+        return not self.collapsed and all(e.state == "finished" and not e.error for e in self.members)
+
+    @property
+    def unranked_reason(self) -> str:
+        if self.collapsed:
+            return "collapsed"
+        states = sorted({e.state for e in self.members if e.state != "finished"})
+        return "/".join(states) if states else "not evaluated"
+
+    @property
+    def seconds(self) -> float:
+        """Training time of the members: each epoch's training and validation, a stacked run
+        charged its share of its group's step (see `aelab.ensemble`)."""
+        return sum(float(r.get("seconds", 0.0)) for e in self.members for r in e.history)
+
 
 def _score(direction: str, value: float) -> float:
     """Lower is better."""
@@ -333,11 +366,16 @@ def build_rows(evaluations: Sequence[Evaluation], labels: Sequence[str], group_k
 
 
 def best_rows(rows: Sequence[Row]) -> dict[str, int]:
-    """Index of the best row per metric (among rows with a finite value)."""
-    best = {}
+    """Index of the best row per metric, among the ranked rows (finished, not collapsed) with a
+    finite value; none at all with fewer than two ranked rows: one run is best at nothing."""
+    best: dict[str, int] = {}
+    if sum(row.ranked for row in rows) < 2:
+        return best
     for key, _, direction, _, _ in METRICS:
         scored = [
-            (_score(direction, row.metric(key)), i) for i, row in enumerate(rows) if math.isfinite(row.metric(key))
+            (_score(direction, row.metric(key)), i)
+            for i, row in enumerate(rows)
+            if row.ranked and math.isfinite(row.metric(key))
         ]
         if scored:
             best[key] = min(scored)[1]
@@ -355,7 +393,6 @@ def table_cells(rows: Sequence[Row]) -> list[dict[str, Any]]:
             if math.isfinite(spread):
                 text += f" ± {format(spread, fmt.lstrip('+'))}"
             cells.append({"text": text, "best": best.get(key) == index})
-        seconds = sum(sum(float(r.get("seconds", 0)) for r in e.history) for e in row.members)
         epochs = max((len(e.history) for e in row.members), default=0)
         states = sorted({e.state for e in row.members})
         flags = []
@@ -371,12 +408,17 @@ def table_cells(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 "seeds": len(row.members),
                 "cells": cells,
                 "epochs": epochs,
-                "seconds": f"{seconds:.0f}",
+                "seconds": _seconds_text(row.seconds),
                 "flags": flags,
                 "css": "collapsed" if row.collapsed else ("dim" if row.dimmed else ("broken" if flags else "")),
             }
         )
     return out
+
+
+def _seconds_text(seconds: float) -> str:
+    """113, 4.2, 0.037: whole seconds from 10 on, else two significant digits."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.2g}"
 
 
 # --- the headline: which run was the most faithful and the sharpest, and by how much
@@ -389,15 +431,38 @@ def _ratio_text(better: float, worse: float) -> str:
     return f"{ratio:.1f}× lower" if ratio >= 1.5 else f"{(1 - better / worse):.0%} lower"
 
 
+def _one_run(row: Row) -> dict[str, str]:
+    """A single run's card: its numbers, with nothing to be best against."""
+    text = (
+        f"validation MSE {row.metric('mse'):.4f}, SSIM {row.metric('ssim'):.3f}, PSNR {row.metric('psnr'):.1f} dB, "
+        f"sharpness {row.metric('sharpness'):.2f}, blob score {row.metric('blob_score'):.2f}."
+    )
+    if not row.ranked:
+        text += f" It {'collapsed' if row.collapsed else 'is ' + row.unranked_reason}: see what went wrong below."
+    return {"title": f"One run: {row.label}", "text": text, "kind": "neutral" if row.ranked else "bad"}
+
+
 def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
     """Plain-words findings of the comparison: most faithful (lowest MSE, with SSIM), sharpest
-    (sharpness nearest 1 among runs that did not collapse), and the per-loss best when the
-    grid varies the loss."""
-    items = []
+    (sharpness nearest 1), and the per-loss best when the grid varies the loss, all among the
+    ranked runs (finished, not collapsed). A single run gets a neutral summary instead."""
     usable = [row for row in rows if math.isfinite(row.metric("mse"))]
     if not usable:
-        return [{"title": "No run could be evaluated", "text": "See the failures below."}]
-    by_mse = sorted(usable, key=lambda row: row.metric("mse"))
+        return [{"title": "No run could be evaluated", "text": "See the failures below.", "kind": "bad"}]
+    if len(rows) == 1:
+        return [_one_run(rows[0])]
+    ranked = [row for row in usable if row.ranked]
+    left_out = [f"{row.label} ({row.unranked_reason})" for row in rows if not row.ranked]
+    if not ranked:
+        return [
+            {
+                "title": "No run to recommend",
+                "text": f"Every run collapsed or did not finish: {', '.join(left_out)}. See what went wrong below.",
+                "kind": "bad",
+            }
+        ]
+    items = []
+    by_mse = sorted(ranked, key=lambda row: row.metric("mse"))
     best = by_mse[0]
     text = (
         f"validation MSE {best.metric('mse'):.4f}, SSIM {best.metric('ssim'):.3f}, PSNR {best.metric('psnr'):.1f} dB."
@@ -409,24 +474,22 @@ def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
             f"({second.metric('mse'):.4f}), and {_ratio_text(best.metric('mse'), worst.metric('mse'))} than the "
             f"least faithful, {worst.label} ({worst.metric('mse'):.4f})."
         )
+    if left_out:
+        text += f" Not ranked: {', '.join(left_out)}."
     items.append({"title": f"Most faithful: {best.label}", "text": text})
 
-    sharp = [row for row in usable if not row.collapsed and math.isfinite(row.metric("sharpness"))]
-    if sharp:
+    sharp = [row for row in ranked if math.isfinite(row.metric("sharpness"))]
+    if len(sharp) > 1:
         by_sharp = sorted(sharp, key=lambda row: abs(row.metric("sharpness") - 1))
         top = by_sharp[0]
+        blurriest = min(sharp, key=lambda row: row.metric("sharpness"))
+        runner = by_sharp[1]
         text = (
             f"its reconstructions keep {top.metric('sharpness'):.0%} of the originals' edge energy "
-            f"(sharpness {top.metric('sharpness'):.2f}; 1 = as crisp as the data)"
+            f"(sharpness {top.metric('sharpness'):.2f}; 1 = as crisp as the data), against "
+            f"{runner.metric('sharpness'):.0%} for the runner-up, {runner.label}, and "
+            f"{blurriest.metric('sharpness'):.0%} for the blurriest, {blurriest.label}."
         )
-        if len(by_sharp) > 1:
-            blurriest = min(sharp, key=lambda row: row.metric("sharpness"))
-            runner = by_sharp[1]
-            text += (
-                f", against {runner.metric('sharpness'):.0%} for the runner-up, {runner.label}, and "
-                f"{blurriest.metric('sharpness'):.0%} for the blurriest, {blurriest.label}"
-            )
-        text += "."
         if top is not best:
             # Crisp edges in the wrong places are not faithfulness: say what the sharp run costs.
             text += (
@@ -437,15 +500,15 @@ def headline(rows: Sequence[Row]) -> list[dict[str, str]]:
         items.append({"title": f"Sharpest: {top.label}", "text": text})
 
     losses = {}
-    for row in usable:
+    for row in ranked:
         config = row.members[0].config
         if config is not None:
             losses.setdefault(config.train.loss, []).append(row)
     if len(losses) > 1:
         parts = []
-        ranked = sorted(losses.items(), key=lambda item: min(r.metric("mse") for r in item[1]))
-        lowest = min(r.metric("mse") for r in ranked[0][1])
-        for place, (loss, loss_rows) in enumerate(ranked, start=1):
+        by_loss = sorted(losses.items(), key=lambda item: min(r.metric("mse") for r in item[1]))
+        lowest = min(r.metric("mse") for r in by_loss[0][1])
+        for place, (loss, loss_rows) in enumerate(by_loss, start=1):
             top = min(loss_rows, key=lambda row: row.metric("mse"))
             ratio = top.metric("mse") / lowest if lowest > 0 else math.nan
             relative = "" if place == 1 else (f", {ratio:.1f}× the best" if ratio >= 1.5 else f", +{ratio - 1:.0%}")
@@ -562,7 +625,9 @@ def render_report(
         "version": aelab.__version__,
         "count": len(evaluations),
         "dataset": first.config.data.name if first and first.config else "?",
-        "headline": [{"text": "", "lines": [], **item} for item in headline(rows)],
+        "headline": [{"text": "", "lines": [], "kind": "best", **item} for item in headline(rows)],
+        "train_seconds": _seconds_text(sum(row.seconds for row in rows)),
+        "stars": bool(best_rows(rows)),
         "failures": failures(evaluations, labels),
         "metrics": [{"label": m[1], "best": m[2], "meaning": m[4]} for m in METRICS],
         "rows": table_cells(rows),

@@ -345,7 +345,12 @@ class Trainer:
         def chunk_metrics(index: int, targets: torch.Tensor) -> dict[str, Any]:
             pixels, losses = self.reconstruct(targets)
             statistics.update(pixels, targets)
-            metrics = image_metrics(pixels, targets, self.data_range, bce_floors=self.val_bce_floors[index])
+            # The run's own loss column is its loss from the logits: the same quantity as
+            # from the pixels, exact where they saturate, so that column equals val_loss.
+            own = {self.config.train.loss: losses}
+            metrics = image_metrics(
+                pixels, targets, self.data_range, bce_floors=self.val_bce_floors[index], loss_values=own
+            )
             return {"loss": losses.mean(), **metrics}
 
         # Per-image metrics are means over images, so chunk means weighted by chunk size give

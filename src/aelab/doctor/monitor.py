@@ -17,6 +17,7 @@ from aelab.data import ImageData
 from aelab.errors import SetupFindingsError
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, get_loss
+from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
 from aelab.train import Callback, Trainer, TrainResult
 
 from .probe import (
@@ -34,9 +35,10 @@ from .probe import (
 from .setup import Setting, Setup, config_setting, finite, setup_findings
 
 # Blob: the reconstructions vary across images less than this share of the images' own
-# variation, or the loss removed less than this share of the gap between the mean image's
-# loss and the loss's floor.
-BLOB_VARIATION = 0.2
+# variation (the blob score's collapse threshold, one definition for the doctor and the
+# report), or the loss removed less than BLOB_GAP of the gap between the mean image's loss and
+# the loss's floor.
+BLOB_VARIATION = COLLAPSE_BLOB_SCORE
 BLOB_GAP = 0.1
 DEAD_WARNING = 0.25  # share of a relu layer's units dead on every probe image
 SATURATION_WARNING = 0.9  # share of a sigmoid/tanh layer's values within NEAR_BOUND of a bound
@@ -208,7 +210,7 @@ def _check_nonfinite(state: State, context: dict[str, Any]) -> list[Finding]:
 
 def _check_blob(state: State, context: dict[str, Any]) -> list[Finding]:
     gap = state.gap_closed
-    low_variation = state.variation_ratio < BLOB_VARIATION
+    low_variation = is_collapsed(state.variation_ratio)
     near_mean = gap < BLOB_GAP
     if not (low_variation or near_mean) or math.isnan(state.variation_ratio):
         return []
