@@ -46,6 +46,7 @@ from aelab.train import (
     record_divergence,
     set_threads,
     train,
+    warn_of_large_batches,
 )
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def train_ensemble(
         return shared_callbacks + (list(make_callbacks()) if make_callbacks is not None else [])
 
     for config in configs:
-        check_config(config)
+        check_config(config, data_keys=data is None)
     groups: dict[str, list[int]] = {}
     alone: list[int] = []
     for index, config in enumerate(configs):
@@ -242,6 +243,7 @@ def _train_group(
     callbacks: list[list[Callback]],
 ) -> list[TrainResult]:
     first = configs[0]
+    warn_of_large_batches(first, data)  # the members share batch size and data (group_key)
     set_threads(first, data, members=len(configs))
     run_dirs = [prepare_run_dir(out, overwrite=overwrite) if out is not None else None for out in outs]
     with contextlib.ExitStack() as locks:

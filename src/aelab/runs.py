@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,15 +96,44 @@ def save_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that names a key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own error follows
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} appears twice in one mapping (again on line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON config file as a plain dict (safe loader: no objects are built)."""
+    """A YAML or JSON config file as a plain dict (safe loader: no objects are built). A key
+    given twice in one mapping is an error, not "the last one wins"."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise AelabError(f"cannot read config file {path}: {error.strerror}; check the path") from None
     try:
-        raw = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)  # a SafeLoader: builds no objects
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _DuplicateKey as error:
+        raise AelabError(f"config file {path}: {error}") from None
     except yaml.YAMLError as error:
         first = str(error).splitlines()[0]
         raise AelabError(f"config file {path} is not valid YAML ({first}); fix its syntax") from None

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number
 from aelab.errors import AelabError, ConfigError, RunFolderError
 from aelab.runs import atomic_write_text, load_config, read_config_file, read_status
 
@@ -103,7 +103,8 @@ def short_key(key: str) -> str:
 def parse_value(key: str, value: Any) -> Any:
     """A grid value as its config field wants it. Text from the command line ("1e-2", "none",
     "[128,64]", "100") becomes a number, None or a list; YAML values pass through the same
-    checks (PyYAML reads 1e-2 as text)."""
+    checks (PyYAML reads 1e-2 as text). Numbers go through `aelab.config.parse_number`, as
+    config files and flags do."""
     section, name = resolve_key(key)
     hint = typing.get_type_hints(SECTIONS[section])[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -119,23 +120,26 @@ def parse_value(key: str, value: Any) -> Any:
                 return []
             parsed = yaml.safe_load(text) if text.startswith("[") else text.replace("x", ",").split(",")
             try:
-                return [int(v) for v in (parsed if isinstance(parsed, list) else [parsed])]
-            except (TypeError, ValueError):
+                return [parse_number(v, int) for v in (parsed if isinstance(parsed, list) else [parsed])]
+            except ValueError:
                 raise ConfigError(f"grid key {key}: {value!r} is not a list of integers like 100 or [128,64]") from None
         if hint is bool:
             if text.lower() not in ("true", "false"):
                 raise ConfigError(f"grid key {key}: {value!r} is not true or false")
             return text.lower() == "true"
-        if hint in (int, float):
-            try:
-                return hint(float(text)) if hint is int and float(text).is_integer() else hint(text)
-            except ValueError:
-                kind = "an integer" if hint is int else "a number"
-                raise ConfigError(f"grid key {key}: {value!r} is not {kind}") from None
-        return text
+        return _grid_number(key, hint, text) if hint in (int, float) else text
     if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
         return [value]
+    if hint in (int, float) and value is not None:
+        return _grid_number(key, hint, value)
     return value
+
+
+def _grid_number(key: str, kind: type[int] | type[float], value: Any) -> int | float:
+    try:
+        return parse_number(value, kind)
+    except ValueError as expected:
+        raise ConfigError(f"grid key {key}: {value!r} is not {expected}") from None
 
 
 def split_values(text: str) -> list[str]:
@@ -153,13 +157,19 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_grid(items: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-    """Command-line grid axes, "loss=bce,mse" "lr=1e-2,1e-3", as an ordered grid."""
+    """Command-line grid axes, "loss=bce,mse" "lr=1e-2,1e-3", as an ordered grid. A key given
+    twice is refused (a later axis would replace the earlier one)."""
     grid: dict[str, tuple[Any, ...]] = {}
+    given: dict[str, str] = {}
     for item in items:
         key, equals, values = item.partition("=")
         if not equals or not key.strip() or not values.strip():
             raise ConfigError(f"--grid takes KEY=VALUE,VALUE,... like loss=bce,mse; got {item!r}")
-        grid[key.strip()] = tuple(split_values(values))
+        key = key.strip()
+        if key in grid:
+            both = ",".join([*grid[key], *split_values(values)])
+            raise ConfigError(f"--grid names {key} twice ({given[key]} and {item}); give one axis: {key}={both}")
+        grid[key], given[key] = tuple(split_values(values)), item
     return grid
 
 

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aelab.config import RunConfig, TrainConfig
-from aelab.data import ImageData, load_dataset, prepare_batch
+from aelab.data import ImageData, check_data_config, load_dataset, prepare_batch
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step
 from aelab.findings import Finding, read_findings, save_findings
@@ -85,8 +85,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_config(config: RunConfig) -> None:
-    """Name checks that need the registries; ranges are checked by the dataclasses."""
+def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
+    """Name checks that need the registries; ranges are checked by the dataclasses.
+
+    data_keys: also refuse data keys the dataset would ignore (`check_data_config`), as for a
+    new run; False for a folder's own config (evaluation, resume: folders written before that
+    check) and for data passed in memory."""
+    if data_keys:
+        check_data_config(config.data)
     get_loss(config.train.loss)
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -118,7 +124,7 @@ class Trainer:
     """One run's state. `run_epoch()` trains one epoch and returns its metrics row."""
 
     def __init__(self, config: RunConfig, data: ImageData, device: torch.device | None = None) -> None:
-        check_config(config)
+        check_config(config, data_keys=False)
         self.config = config
         self.data = data
         self.device = device or resolve_device(config.train.device)
@@ -515,11 +521,12 @@ def train(
 
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
-    check_config(config)
+    check_config(config, data_keys=data is None)
     run_dir = prepare_run_dir(out, overwrite=overwrite) if out is not None else None
     with run_lock(run_dir) if run_dir is not None else contextlib.nullcontext():
         if data is None:
             data = load_dataset(config.data)
+        warn_of_large_batches(config, data)
         set_threads(config, data)
         trainer = Trainer(config, data)
         if run_dir is not None:
@@ -567,7 +574,7 @@ def resume(
         )
     try:
         config = load_config(run_dir)
-        check_config(config)
+        check_config(config, data_keys=False)
     except AelabError as error:
         raise RunFolderError(
             f"{run_dir / CONFIG_FILE} does not validate ({error}); fix it or start a new run"
@@ -576,6 +583,7 @@ def resume(
         remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
         if data is None:
             data = load_dataset(config.data)
+        warn_of_large_batches(config, data)
         set_threads(config, data)
         trainer = Trainer(config, data)
         if (run_dir / CHECKPOINT_FILE).exists():
@@ -589,6 +597,17 @@ def resume(
         result = _train_loop(trainer, run_dir, progress, list(callbacks))
     result.extras["resumed_from_epoch"] = resumed_from
     return result
+
+
+def warn_of_large_batches(config: RunConfig, data: ImageData) -> None:
+    """One warning line when train.batch_size is more than the training images: training goes
+    on, with one step per epoch on all of them."""
+    count = data.train.shape[0]
+    if config.train.batch_size > count:
+        log.warning(
+            "train.batch_size %d is more than the %d training images: each epoch is one step on all %d",
+            config.train.batch_size, count, count,
+        )  # fmt: skip
 
 
 def estimate_run_bytes(trainer: Trainer) -> int:

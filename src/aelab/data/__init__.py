@@ -5,7 +5,15 @@
 `aelab.data.readers`, the cache folder and downloads in `aelab.data.download`.
 """
 
-from aelab.data.datasets import DATASETS, DatasetSpec, ImageData, RemoteFile, load_dataset, prepare_batch
+from aelab.data.datasets import (
+    DATASETS,
+    DatasetSpec,
+    ImageData,
+    RemoteFile,
+    check_data_config,
+    load_dataset,
+    prepare_batch,
+)
 from aelab.data.download import data_cache_dir, download
 from aelab.data.readers import read_arrays, read_idx
 
@@ -14,6 +22,7 @@ __all__ = [
     "DatasetSpec",
     "ImageData",
     "RemoteFile",
+    "check_data_config",
     "data_cache_dir",
     "download",
     "load_dataset",
