@@ -365,15 +365,15 @@ def run_sweep(
         state = read_status(run_dir).get("state")
         (skipped if state in DONE_STATES else unfinished).append(point)
     counts = f"{len(skipped)} done before, {len(unfinished)} to resume, {len(fresh)} to train"
-    say(f"sweep {out}: {len(points)} runs ({counts})")
+    say(f"sweep {out}: {_runs(len(points))} ({counts})")
     for point in unfinished:
         say(f"resuming {point.name}")
         _resume_or_restart(point, out / point.name, progress)
     if fresh:
         started = time.perf_counter()
-        say(f"training {len(fresh)} runs: {', '.join(p.name for p in fresh)}")
+        say(f"training {_runs(len(fresh))}: {', '.join(p.name for p in fresh)}")
         train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress)
-        say(f"trained {len(fresh)} runs in {time.perf_counter() - started:.1f} s")
+        say(f"trained {_runs(len(fresh))} in {time.perf_counter() - started:.1f} s")
 
     evaluations = evaluate_runs([out / p.name for p in points])
     rows = []
@@ -385,6 +385,10 @@ def run_sweep(
     return SweepResult(
         out, points, rows, evaluations, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
     )
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def _check_sweep_folder(out: Path, spec: SweepSpec) -> None:
