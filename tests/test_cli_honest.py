@@ -7,6 +7,7 @@ used."""
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from aelab.cli import build_parser, main, run_config_from_args
 from aelab.config import RunConfig
 from aelab.errors import ConfigError
 from aelab.evaluate import evaluate_run
-from aelab.sweep import DEFAULT_BASE, SweepSpec, parse_grid
+from aelab.sweep import DEFAULT_BASE, SweepSpec, load_sweep_file, parse_grid
 
 from .conftest import TINY_FLAGS
 
@@ -100,6 +101,8 @@ def test_a_fixed_value_that_a_grid_axis_would_replace_is_refused(tmp_path, capsy
     sweep.write_text("train: {loss: mae}\ngrid: {loss: [bce, mse]}\n")
     error = refused(capsys, ["compare", *ONE_EPOCH, "--config", str(sweep), "--out", str(tmp_path / "out")])
     assert "sets train.loss: 'mae' and has a grid axis loss" in error
+    with pytest.raises(ConfigError, match=re.escape("sets train.loss: 'mae' and has a grid axis loss")):
+        load_sweep_file(sweep)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["sweep.yaml"]
 
 
@@ -133,6 +136,8 @@ def test_an_empty_grid_in_a_sweep_file_is_refused(tmp_path, capsys, grid):
     error = refused(capsys, ["compare", *ONE_EPOCH, "--config", str(sweep), "--out", str(tmp_path / "out")])
     assert "grid is empty" in error and "leave grid out for the default grid" in error
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match="grid is empty"):  # the Python API reads the file the same way
+        load_sweep_file(sweep)
 
 
 def test_a_batch_larger_than_the_training_set_trains_with_one_warning(tmp_path, caplog):

@@ -357,19 +357,14 @@ def command_compare(args: argparse.Namespace) -> int:
 def sweep_grid(args: argparse.Namespace) -> dict[str, Any] | None:
     """The grid `aelab compare` runs: the sweep file's axes, each --grid axis added or in place
     of the file's axis for that field (said in a warning); None for the default grid. Refuses
-    an empty grid in the file and an axis that would silently replace a fixed value: a flag
-    (--loss mae beside --grid loss=...) or the same file's section."""
-    from aelab.sweep import parse_grid, resolve_key
+    what `aelab.sweep.check_sweep_file` refuses and a flag that an axis would replace in every
+    run (--loss mae beside --grid loss=...)."""
+    from aelab.sweep import check_sweep_file, parse_grid, resolve_key
 
     sweep_file = config_file_from_args(args, kind="sweep file")
-    file_grid = sweep_file.get("grid", {})
-    if "grid" in sweep_file and not file_grid:
-        raise ConfigError(
-            f"sweep file {args.config}: grid is empty; list at least one axis, like grid: {{loss: [bce, mse]}}, "
-            "or leave grid out for the default grid"
-        )
-    if not isinstance(file_grid, dict):
-        raise ConfigError("sweep file key 'grid' must map config keys to lists of values")
+    if args.config:
+        check_sweep_file(sweep_file, args.config)
+    file_grid = sweep_file.get("grid") or {}
     flag_grid = parse_grid(args.grid or [])
     replaced = {resolve_key(key): key for key in flag_grid}
     grid: dict[str, Any] = {}
@@ -387,13 +382,8 @@ def sweep_grid(args: argparse.Namespace) -> dict[str, Any] | None:
                 f"{flags[section, name]} is replaced by the grid axis {key} in every run; drop {flags[section, name]} "
                 f"or the axis"
             )
-        if name in sweep_file[section]:
+        if name in sweep_file[section]:  # only a --grid axis: check_sweep_file refused the file's own
             fixed = f"{section}.{name}: {sweep_file[section][name]!r}"
-            if key not in flag_grid:
-                raise ConfigError(
-                    f"sweep file {args.config} sets {fixed} and has a grid axis {key}, which replaces it in every run; "
-                    "drop one of them"
-                )
             log.warning("the grid axis %s replaces %s of %s in every run", key, fixed, args.config)
     return grid or None
 

@@ -268,8 +268,33 @@ class SweepSpec:
 
 
 def load_sweep_file(path: str | Path, base: RunConfig = DEFAULT_BASE) -> SweepSpec:
-    """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`."""
-    return SweepSpec.from_dict(read_config_file(path), base)
+    """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`,
+    checked by `check_sweep_file`."""
+    raw = read_config_file(path)
+    check_sweep_file(raw, path)
+    return SweepSpec.from_dict(raw, base)
+
+
+def check_sweep_file(raw: dict[str, Any], path: str | Path) -> None:
+    """Refuse what a sweep file's contents would otherwise do without a word: an empty grid
+    (the default grid would run) and a key set in a section that a grid axis replaces in
+    every run."""
+    if "grid" in raw and not raw["grid"]:
+        raise ConfigError(
+            f"sweep file {path}: grid is empty; list at least one axis, like grid: {{loss: [bce, mse]}}, "
+            "or leave grid out for the default grid"
+        )
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError("sweep file key 'grid' must map config keys to lists of values")
+    for key in grid:
+        section, name = resolve_key(key)
+        values = raw.get(section) or {}
+        if isinstance(values, dict) and name in values:
+            raise ConfigError(
+                f"sweep file {path} sets {section}.{name}: {values[name]!r} and has a grid axis {key}, which "
+                "replaces it in every run; drop one of them"
+            )
 
 
 # --- training: the one place a sweep trains runs.
