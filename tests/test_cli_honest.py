@@ -47,11 +47,18 @@ def refused(capsys, argv: list[str]) -> str:
 # --- item 11: silently accepted or ignored values
 
 
-@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity", "-NaN"])
 def test_a_learning_rate_that_is_not_finite_is_refused(tmp_path, capsys, value):
-    error = refused(capsys, ["train", *ONE_EPOCH, f"--lr={value}", "--out", str(tmp_path / "run")])
-    assert f"--lr must be a finite number, got {value!r}" in error
+    for argv in (["--lr", value], [f"--lr={value}"]):
+        error = refused(capsys, ["train", *ONE_EPOCH, *argv, "--out", str(tmp_path / "run")])
+        assert f"--lr must be a finite number, got {value!r}" in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "-0.5", "-.5", "-1"])
+def test_a_negative_number_is_a_value_for_the_config_to_judge(tmp_path, capsys, value):
+    error = refused(capsys, ["train", *ONE_EPOCH, "--lr", value, "--out", str(tmp_path / "run")])
+    assert f"train.learning_rate must be positive, got {float(value)}" in error
 
 
 def test_val_fraction_is_refused_on_a_dataset_with_its_own_split_and_not_recorded(tmp_path, capsys):

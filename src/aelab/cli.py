@@ -11,6 +11,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -109,6 +110,9 @@ NONE_DEFAULTS = {
 }
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
 class CommandParser(argparse.ArgumentParser):
     """argparse with whole option names only (no prefix matching: `--data` is not taken for
     `--dataset`) and one-line errors, `aelab: error: ...` and exit 2, that name the help."""
@@ -118,6 +122,9 @@ class CommandParser(argparse.ArgumentParser):
         self.command_parsers: dict[str, CommandParser] = {}
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(**kwargs)
+        # argparse takes "-1e-3" and "-inf" for options ("--lr: expected one argument"); every
+        # number is a value here, to be judged by the config's checks.
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*names, **kwargs)
