@@ -251,7 +251,10 @@ def test_the_lock_holds_when_its_file_is_removed_between_open_and_lock(tmp_path,
 # --- sweeps: resume, another grid, extend, foreign folders
 
 
-SWEEP_FLAGS = [*TINY_FLAGS, "--epochs", "1", "--activation", "relu", "--no-report"]
+# TINY_FLAGS without its --lr 0.01 (the default learning rate), so that a grid may have an lr axis.
+_LR = TINY_FLAGS.index("--lr")
+_NO_LR = TINY_FLAGS[:_LR] + TINY_FLAGS[_LR + 2 :]
+SWEEP_FLAGS = [*_NO_LR, "--epochs", "1", "--activation", "relu", "--no-report"]
 
 
 @pytest.fixture

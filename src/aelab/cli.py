@@ -7,27 +7,34 @@ A run that diverges (NaN, Inf or exploding loss) prints one line and exits 4.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from aelab import __version__
+from aelab.config import DEFAULT_VAL_FRACTION, RunConfig, parse_number
 from aelab.errors import AelabError, ConfigError, DivergenceError, RunFolderError, SetupFindingsError
+
+log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
 EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
 
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
-    ("--dataset", "data", "name", str, "dataset name (see `aelab datasets`); default mnist-10k"),
+    ("--dataset", "data", "name", str, "dataset name, one of `aelab datasets`"),
     ("--data-path", "data", "path", str, "your own images: a .npy/.npz file or a folder of PNG/JPEG files"),
     ("--data-dir", "data", "data_dir", str, "a folder already holding a dataset's standard files"),
     ("--binarize", "data", "binarize", str, "none, threshold or bernoulli (fresh draw each epoch)"),
     ("--threshold", "data", "threshold", float, "threshold for --binarize threshold"),
-    ("--val-fraction", "data", "val_fraction", float, "share of your own images held out for validation"),
+    ("--val-fraction", "data", "val_fraction", float, "share of your own images (--data-path) held out for validation"),
     ("--train-limit", "data", "train_limit", int, "use only the first N training images"),
     ("--val-limit", "data", "val_limit", int, "use only the first N validation images"),
     ("--model", "model", "kind", str, "dense or conv"),
@@ -52,7 +59,7 @@ RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--loss", "train", "loss", str, "bce, mse, mae or cb"),
     ("--optimizer", "train", "optimizer", str, "adam, sgd, rmsprop, adadelta or adagrad"),
     ("--lr", "train", "learning_rate", float, "learning rate"),
-    ("--momentum", "train", "momentum", float, "momentum for sgd and rmsprop"),
+    ("--momentum", "train", "momentum", float, "momentum for sgd and rmsprop; the other optimizers have none"),
     ("--weight-decay", "train", "weight_decay", float, "L2 weight decay"),
     ("--batch-size", "train", "batch_size", int, "batch size"),
     ("--epochs", "train", "epochs", int, "number of epochs"),
@@ -60,8 +67,99 @@ RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--patience", "train", "patience", int, "stop after N epochs without a better validation loss"),
     ("--device", "train", "device", str, "auto, cpu or cuda"),
     ("--threads", "train", "threads", int, "CPU threads for torch (default: aelab picks)"),
-    ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step); default auto"),
+    ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step)"),
 ]
+
+
+# What --help shows as each run option's value (else the config key in capitals).
+METAVARS = {
+    "--dataset": "NAME",
+    "--data-path": "PATH",
+    "--data-dir": "DIR",
+    "--binarize": "MODE",
+    "--threshold": "T",
+    "--val-fraction": "F",
+    "--train-limit": "N",
+    "--val-limit": "N",
+    "--model": "KIND",
+    "--hidden": "DIMS",
+    "--latent": "N",
+    "--activation": "NAME",
+    "--code-activation": "NAME",
+    "--output-activation": "NAME",
+    "--init": "NAME",
+    "--loss": "NAME",
+    "--optimizer": "NAME",
+    "--lr": "RATE",
+    "--momentum": "M",
+    "--weight-decay": "W",
+    "--batch-size": "N",
+    "--epochs": "N",
+    "--seed": "N",
+    "--patience": "N",
+    "--device": "DEVICE",
+    "--threads": "N",
+    "--engine": "ENGINE",
+}
+# --help's words for run options whose config default is None.
+NONE_DEFAULTS = {
+    "val_fraction": f"{DEFAULT_VAL_FRACTION:g}",
+    "train_limit": "all",
+    "val_limit": "all",
+    "patience": "never stop early",
+}
+
+
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with whole option names only (no prefix matching: `--data` is not taken for
+    `--dataset`) and one-line errors, `aelab: error: ...` and exit 2, that name the help."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.option_names: list[str] = []
+        self.command_parsers: dict[str, CommandParser] = {}
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
+        # argparse takes "-1e-3" and "-inf" for options ("--lr: expected one argument"); every
+        # number is a value here, to be judged by the config's checks.
+        self._negative_number_matcher = NEGATIVE_NUMBER
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*names, **kwargs)
+        self.option_names.extend(action.option_strings)
+        return action
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"aelab: error: {message} (see `{self.prog} --help`)\n")
+
+    def unknown_arguments(self, extras: list[str]) -> str:
+        """The message for arguments this parser does not know: the options that start like
+        the first unknown one, or the closest names."""
+        first = next((extra for extra in extras if extra.startswith("-")), None)
+        if first is None:
+            return f"unexpected argument {extras[0]!r}"
+        name = first.partition("=")[0]
+        longs = [option for option in self.option_names if option.startswith("--")]
+        similar = [option for option in longs if option.startswith(name)] or difflib.get_close_matches(name, longs)
+        if not similar:
+            return f"{self.prog} has no option {name}"
+        return f"{self.prog} has no option {name}; did you mean {_one_of(similar)}?"
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def _default_text(value: Any, key: str) -> str | None:
+    if value is None:
+        return NONE_DEFAULTS.get(key)
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def parse_dims(text: str) -> list[int]:
@@ -79,8 +177,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="a YAML file with data/model/train sections; flags override it"
     )
-    for flag, _, key, kind, text in RUN_OPTIONS:
-        parser.add_argument(flag, dest=f"opt_{key}", type=str if kind == "dims" else kind, default=None, help=text)
+    defaults = RunConfig()
+    for flag, section, key, kind, text in RUN_OPTIONS:
+        default = _default_text(getattr(getattr(defaults, section), key), key)
+        if default is not None and "(default:" not in text:
+            text = f"{text} (default: {default})"
+        parser.add_argument(
+            flag,
+            dest=f"opt_{key}",
+            # Numbers stay text here: apply_run_flags parses them as config files are parsed.
+            type=str if kind in ("dims", int, float) else kind,
+            default=None,
+            metavar=METAVARS.get(flag, key.upper()),
+            help=text,
+        )
     parser.add_argument("--raw-pixels", action="store_true", help="keep 0..255 values (the forgot-to-divide mistake)")
     parser.add_argument("--tied", action="store_true", default=None, help="dense decoder reuses encoder weights")
 
@@ -88,6 +198,15 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 def raw_config_from_args(args: argparse.Namespace, kind: str = "config") -> dict[str, Any]:
     """The --config file's contents (sections data, model, train as dicts, and whatever else
     the file holds), with every run-option flag given on the command line laid over them."""
+    raw = config_file_from_args(args, kind)
+    raw = {**raw, **{section: dict(raw[section]) for section in ("data", "model", "train")}}
+    apply_run_flags(raw, args)
+    return raw
+
+
+def config_file_from_args(args: argparse.Namespace, kind: str = "config") -> dict[str, Any]:
+    """The --config file's contents as they are, sections data, model, train as dicts ({}
+    without a file)."""
     from aelab.runs import read_config_file
 
     raw: dict[str, Any] = read_config_file(args.config) if args.config else {}
@@ -96,8 +215,22 @@ def raw_config_from_args(args: argparse.Namespace, kind: str = "config") -> dict
         if not isinstance(value, dict):
             raise ConfigError(f"{kind} section {section!r} must be a mapping")
         raw[section] = dict(value)
-    apply_run_flags(raw, args)
     return raw
+
+
+def given_run_flags(args: argparse.Namespace) -> dict[tuple[str, str], str]:
+    """The run-option flags given on the command line, by the (section, key) each sets, as
+    they were typed: {("train", "loss"): "--loss mae"}."""
+    given = {
+        (section, key): f"{flag} {getattr(args, f'opt_{key}')}"
+        for flag, section, key, _, _ in RUN_OPTIONS
+        if getattr(args, f"opt_{key}") is not None
+    }
+    if args.raw_pixels:
+        given["data", "scale"] = "--raw-pixels"
+    if args.tied:
+        given["model", "tied"] = "--tied"
+    return given
 
 
 def run_config_from_args(args: argparse.Namespace) -> Any:
@@ -109,10 +242,18 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 
 def apply_run_flags(raw: dict[str, Any], args: argparse.Namespace) -> None:
     """Lay the run-option flags given on the command line over config sections `raw`."""
-    for _, section, key, kind, _ in RUN_OPTIONS:
+    for flag, section, key, kind, _ in RUN_OPTIONS:
         value = getattr(args, f"opt_{key}")
-        if value is not None:
-            raw[section][key] = parse_dims(value) if kind == "dims" else value
+        if value is None:
+            continue
+        if kind == "dims":
+            value = parse_dims(value)
+        elif kind in (int, float):
+            try:
+                value = parse_number(value, kind)
+            except ValueError as expected:
+                raise ConfigError(f"{flag} must be {expected}, got {value!r}") from None
+        raw[section][key] = value
     if args.raw_pixels:
         raw["data"]["scale"] = "none"
     if args.tied:
@@ -168,14 +309,32 @@ def command_train(args: argparse.Namespace) -> int:
         for finding in error.findings:
             print(f"  {finding.line()}", file=sys.stderr)
         return EXIT_FINDINGS
-    last = result.history[-1]
-    print(
-        f"finished {len(result.history)} epochs: val {config.train.loss} {last['val_loss']:.4f}; "
-        f"val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f} "
-        f"(floor {last['val_bce'] - last['val_bce_excess']:.4f}, excess {last['val_bce_excess']:.4f})"
-    )
+    summary = validation_summary(config.train.loss, result.history[-1])
+    print(f"finished {count(len(result.history), 'epoch')}: {summary}")
     print(f"run folder: {result.run_dir}")
     return finish_train_command(args, result.run_dir, doctor.findings, result.extras.get("report"))
+
+
+def count(number: int, noun: str) -> str:
+    """ "1 epoch", "2 epochs"."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def validation_summary(loss: str, row: dict[str, Any]) -> str:
+    """An epoch's validation numbers in one line: the training loss (with its floor and the
+    excess over it where the floor is not zero), then MSE and BCE unless the loss is one."""
+    parts = [f"val {loss} {row['val_loss']:.4f}{_floor_text(row['val_loss'], row.get('val_loss_excess'))}"]
+    if loss != "mse":
+        parts.append(f"val mse {row['val_mse']:.4f}")
+    if loss != "bce":
+        parts.append(f"val bce {row['val_bce']:.4f}{_floor_text(row['val_bce'], row.get('val_bce_excess'))}")
+    return "; ".join(parts)
+
+
+def _floor_text(value: float, excess: float | None) -> str:
+    if excess is None or not math.isfinite(excess) or abs(value - excess) < 5e-5:
+        return ""  # no floor known, or a floor of zero: the value is the excess
+    return f" (floor {value - excess:.4f}, excess {excess:.4f})"
 
 
 def finish_train_command(
@@ -191,7 +350,7 @@ def finish_train_command(
     if report is not None:
         print(f"report: {report}")
     if findings:
-        print(f"doctor: {len(findings)} finding(s); details: aelab doctor {run_dir}")
+        print(f"doctor: {count(len(findings), 'finding')}; details: aelab doctor {run_dir}")
         for finding in findings:
             print(f"  {finding.line()}")
     if args.strict and any(finding.severity == "error" for finding in findings):
@@ -259,14 +418,12 @@ def _show(value: Any) -> str:
 def command_compare(args: argparse.Namespace) -> int:
     from aelab.report import render_report
     from aelab.runs import SWEEP_FILE
-    from aelab.sweep import SweepSpec, parse_grid, read_sweep, run_sweep
+    from aelab.sweep import SweepSpec, read_sweep, run_sweep
 
-    raw = raw_config_from_args(args, kind="sweep file")
-    grid = {**(raw.get("grid") or {}), **parse_grid(args.grid or [])} if args.grid else raw.get("grid")
-    spec = SweepSpec.from_dict({**raw, "grid": grid})
+    spec = SweepSpec.from_dict({**raw_config_from_args(args, kind="sweep file"), "grid": sweep_grid(args)})
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     recorded = read_sweep(out)
-    if recorded is not None and not args.grid and not given_run_flags(args):
+    if recorded is not None and not args.grid and not given_flags(args):
         spec = recorded.specs[0]  # `aelab compare --out DIR` alone: the sweep DIR holds, finished
         print(f"sweep {out}: continuing it with its {SWEEP_FILE}", flush=True)
     args.interrupted_folder = ("compare", Path(out))
@@ -277,6 +434,40 @@ def command_compare(args: argparse.Namespace) -> int:
     if not args.no_report:
         print(f"report: {render_report(result.out, evaluations=result.evaluations)}")
     return 0
+
+
+def sweep_grid(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The grid `aelab compare` runs: the sweep file's axes, each --grid axis added or in place
+    of the file's axis for that field (said in a warning); None for the default grid. Refuses
+    what `aelab.sweep.check_sweep_file` refuses and a flag that an axis would replace in every
+    run (--loss mae beside --grid loss=...)."""
+    from aelab.sweep import check_sweep_file, parse_grid, resolve_key
+
+    sweep_file = config_file_from_args(args, kind="sweep file")
+    if args.config:
+        check_sweep_file(sweep_file, args.config)
+    file_grid = sweep_file.get("grid") or {}
+    flag_grid = parse_grid(args.grid or [])
+    replaced = {resolve_key(key): key for key in flag_grid}
+    grid: dict[str, Any] = {}
+    for key, values in file_grid.items():
+        if resolve_key(key) in replaced:
+            log.warning("--grid %s=... replaces the axis %s of %s", replaced[resolve_key(key)], key, args.config)
+        else:
+            grid[key] = values
+    grid.update(flag_grid)
+    flags = given_run_flags(args)
+    for key in grid:
+        section, name = resolve_key(key)
+        if (section, name) in flags:
+            raise ConfigError(
+                f"{flags[section, name]} is replaced by the grid axis {key} in every run; drop {flags[section, name]} "
+                f"or the axis"
+            )
+        if name in sweep_file[section]:  # only a --grid axis: check_sweep_file refused the file's own
+            fixed = f"{section}.{name}: {sweep_file[section][name]!r}"
+            log.warning("the grid axis %s replaces %s of %s in every run", key, fixed, args.config)
+    return grid or None
 
 
 def command_report(args: argparse.Namespace) -> int:
@@ -297,8 +488,10 @@ def parse_numbers(text: str, flag: str) -> list[float]:
 
 
 def command_loss(args: argparse.Namespace) -> int:
-    from aelab.loss_curves import format_loss_table, plot_loss_curves
+    from aelab.loss_curves import format_loss_table, plot_format, plot_loss_curves
 
+    if args.plot:
+        plot_format(args.plot)  # a name it cannot write fails before anything is printed
     targets = parse_numbers(args.target, "--target")
     predictions = parse_numbers(args.pred, "--pred") if args.pred else None
     if predictions is not None:
@@ -354,7 +547,9 @@ def add_compare_commands(commands: Any) -> None:
     loss = commands.add_parser("loss", help="every loss, its floor and excess for given targets and predictions")
     loss.add_argument("--target", required=True, help="comma-separated targets in [0, 1], e.g. 0.5,0.3,0.5,0.9")
     loss.add_argument("--pred", help="comma-separated predictions (pixels; for cb the cb mean), e.g. 0.1,0.3,0.5,0.8")
-    loss.add_argument("--plot", metavar="PNG", help="draw each loss against the prediction for the targets")
+    loss.add_argument(
+        "--plot", metavar="FILE", help="draw each loss against the prediction for the targets into a .png, .svg or .pdf"
+    )
     loss.set_defaults(handler=command_loss)
 
 
@@ -372,7 +567,7 @@ def command_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def given_run_flags(args: argparse.Namespace) -> list[str]:
+def given_flags(args: argparse.Namespace) -> list[str]:
     """The run options (and --config, --raw-pixels, --tied) given on the command line."""
     given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
     others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
@@ -401,7 +596,7 @@ def command_resume(args: argparse.Namespace) -> int:
     from aelab.runs import load_config
     from aelab.train import resume
 
-    given = given_run_flags(args)
+    given = given_flags(args)
     given += [flag for flag, value in (("--out", args.out), ("--overwrite", args.overwrite)) if value]
     if given:
         raise ConfigError(
@@ -415,10 +610,9 @@ def command_resume(args: argparse.Namespace) -> int:
     start = result.extras.get("resumed_from_epoch")
     if start == len(result.history):
         print(f"{args.resume} had already finished; nothing to resume")
-    last = result.history[-1]
     print(
-        f"finished {len(result.history)} epochs ({len(result.history) - start} after resuming): val {loss} "
-        f"{last['val_loss']:.4f}, val mse {last['val_mse']:.4f}, val bce {last['val_bce']:.4f}"
+        f"finished {count(len(result.history), 'epoch')} ({len(result.history) - start} after resuming): "
+        f"{validation_summary(loss, result.history[-1])}"
     )
     print(f"run folder: {result.run_dir}")
     # The doctor's monitors follow a run from its start; for a resumed one, check the result
@@ -428,12 +622,13 @@ def command_resume(args: argparse.Namespace) -> int:
     return finish_train_command(args, result.run_dir, recheck_run(result.run_dir))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> CommandParser:
+    parser = CommandParser(
         prog="aelab", description="A lab for image autoencoders: train, compare losses, diagnose blobs."
     )
+    parser.add_argument("--version", action="version", version=f"aelab {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train_parser = commands.add_parser("train", help="train one autoencoder into a run folder")
     add_run_options(train_parser)
@@ -467,6 +662,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
     datasets_parser.set_defaults(handler=command_datasets)
     add_compare_commands(commands)
+    parser.command_parsers = commands.choices
     return parser
 
 
@@ -487,10 +683,25 @@ def interrupted_hint(args: argparse.Namespace) -> str:
     return ""
 
 
+class LineFormatter(logging.Formatter):
+    """Log records as the CLI's other lines: `aelab: warning: ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"aelab: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = parser.command_parsers.get(args.command, parser)
+        command.error(command.unknown_arguments(extras))
+    if args.command is None:  # bare `aelab`: what it can do
+        parser.print_help()
+        return 0
+    handler = logging.StreamHandler()
+    handler.setFormatter(LineFormatter())
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         return args.handler(args)
     except DivergenceError as error:

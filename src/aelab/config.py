@@ -7,7 +7,9 @@ it round-trips through YAML/JSON unchanged. `from_dict` rejects unknown keys by 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,11 +19,52 @@ from aelab.errors import ConfigError
 
 BINARIZE_MODES = ("none", "threshold", "bernoulli")
 SCALE_MODES = ("auto", "none")
+DEFAULT_VAL_FRACTION = 0.2  # the share of user data (array, folder) held out when val_fraction is None
+MOMENTUM_OPTIMIZERS = ("sgd", "rmsprop")  # the optimizers that take train.momentum
+
+
+def parse_number(value: Any, kind: type[int] | type[float]) -> int | float:
+    """`value` as a finite number of type `kind` (int or float): the one number parser behind
+    config files, sweep files, grid values and command-line flags.
+
+    Takes numbers and text that spells one ("1e-3", "0.01", "100", "1e4"), since YAML 1.1 reads
+    `1e-3` as text and the command line gives text only. An int field takes whole numbers in
+    any spelling (10, "10", 10.0, "1e1"); nothing takes true/false, inf or nan. Raises
+    ValueError whose message is what was expected: "a number", "a finite number" or
+    "an integer"."""
+    expected = "an integer" if kind is int else "a number"
+    if isinstance(value, bool):
+        raise ValueError(expected)
+    if isinstance(value, str):
+        text = value.strip()
+        if kind is int:
+            with contextlib.suppress(ValueError):
+                return int(text)
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(expected) from None
+    if not isinstance(value, (int, float)):
+        raise ValueError(expected)
+    if kind is int:
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise ValueError(expected)
+        return int(value)
+    if not math.isfinite(value):
+        raise ValueError("a finite number")
+    return float(value)
 
 
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _check_finite(config: Any, section: str) -> None:
+    """Every float field of `config` is finite: inf and nan pass `> 0` and range checks."""
+    for name, value in dataclasses.asdict(config).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{section}.{name} must be a finite number, got {value}")
 
 
 @dataclass(frozen=True)
@@ -34,7 +77,8 @@ class DataConfig:
     scale: "auto" maps stored integer pixels to [0, 1] (0..255 -> /255); "none" keeps raw
         values, which reproduces the classic forgot-to-divide-by-255 mistake on purpose.
     binarize: "none", "threshold" (pixel > threshold) or "bernoulli" (a fresh draw each epoch).
-    val_fraction: share of user data held out for validation (the last images).
+    val_fraction: share of user data ("array", "folder") held out for validation (the last
+        images); None: DEFAULT_VAL_FRACTION. Datasets that come with their own split refuse it.
     train_limit / val_limit: keep only the first N images of each split (quick runs, tests).
     fingerprint: for name "in-memory" (images passed from Python as `data=`), what they were:
         dtype, split sizes, image shape and a sha256 of their contents, written by `aelab.train`
@@ -47,19 +91,28 @@ class DataConfig:
     scale: str = "auto"
     binarize: str = "none"
     threshold: float = 0.5
-    val_fraction: float = 0.2
+    val_fraction: float | None = None
     train_limit: int | None = None
     val_limit: int | None = None
     fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        _check_finite(self, "data")
         _check(self.scale in SCALE_MODES, f"data.scale must be one of {', '.join(SCALE_MODES)}, got {self.scale!r}")
         _check(
             self.binarize in BINARIZE_MODES,
             f"data.binarize must be one of {', '.join(BINARIZE_MODES)}, got {self.binarize!r}",
         )
         _check(0.0 < self.threshold < 1.0, f"data.threshold must be in (0, 1), got {self.threshold}")
-        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(
+            self.val_fraction is None or 0.0 < self.val_fraction < 1.0,
+            f"data.val_fraction must be in (0, 1), got {self.val_fraction}",
+        )
+        _check(
+            self.binarize == "threshold" or self.threshold == DataConfig.threshold,
+            f"data.threshold applies to data.binarize threshold only, and binarize is {self.binarize!r}: "
+            "drop data.threshold or set data.binarize to threshold",
+        )
         for key in ("train_limit", "val_limit"):
             value = getattr(self, key)
             _check(value is None or value >= 1, f"data.{key} must be at least 1, got {value}")
@@ -102,7 +155,8 @@ class TrainConfig:
     """How the autoencoder is trained.
 
     loss: a key of `aelab.losses.LOSSES`, reported as the mean over pixels (Keras convention).
-    optimizer: a key of `aelab.train.OPTIMIZERS`; momentum applies to sgd and rmsprop.
+    optimizer: a key of `aelab.train.OPTIMIZERS`; momentum applies to sgd and rmsprop only
+        (MOMENTUM_OPTIMIZERS), other optimizers refuse a non-zero momentum.
     patience: stop after this many epochs without a better validation loss (None: never).
     device: "auto" (GPU when there is one), "cpu" or "cuda".
     threads: CPU threads for torch (None: aelab picks).
@@ -112,7 +166,7 @@ class TrainConfig:
 
     loss: str = "bce"
     optimizer: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-2
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 256
@@ -124,8 +178,14 @@ class TrainConfig:
     engine: str = "auto"
 
     def __post_init__(self) -> None:
+        _check_finite(self, "train")
         _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
+        _check(
+            self.momentum == 0.0 or self.optimizer in MOMENTUM_OPTIMIZERS,
+            f"train.momentum applies to {' and '.join(MOMENTUM_OPTIMIZERS)} only; {self.optimizer} has none: "
+            "drop train.momentum or choose train.optimizer sgd or rmsprop",
+        )
         _check(self.weight_decay >= 0, f"train.weight_decay must be non-negative, got {self.weight_decay}")
         _check(self.batch_size >= 1, f"train.batch_size must be at least 1, got {self.batch_size}")
         _check(self.epochs >= 1, f"train.epochs must be at least 1, got {self.epochs}")
@@ -193,7 +253,8 @@ def _from_dict(cls: type, raw: Any, prefix: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check `value` against a field's type hint, allowing int -> float and list -> tuple."""
+    """Check `value` against a field's type hint, allowing list -> tuple and numbers spelt as
+    text (`parse_number`)."""
     if dataclasses.is_dataclass(hint):
         return _from_dict(hint, value, key + ".")
     origin = typing.get_origin(hint)
@@ -211,14 +272,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{key} must be true or false, got {value!r}")
         return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key} must be a number, got {value!r}")
-        return float(value)
+    if hint in (int, float):
+        try:
+            return parse_number(value, hint)
+        except ValueError as expected:
+            raise ConfigError(f"{key} must be {expected}, got {value!r}") from None
     if hint is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key} must be a string, got {value!r}")

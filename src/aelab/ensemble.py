@@ -47,6 +47,7 @@ from aelab.train import (
     record_divergence,
     set_threads,
     train,
+    warn_of_large_batches,
 )
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def train_ensemble(
         return shared_callbacks + (list(make_callbacks()) if make_callbacks is not None else [])
 
     for config in configs:
-        check_config(config)
+        check_config(config, data_keys=data is None)
     groups: dict[str, list[int]] = {}
     alone: list[int] = []
     for index, config in enumerate(configs):
@@ -243,6 +244,7 @@ def _train_group(
     callbacks: list[list[Callback]],
 ) -> list[TrainResult]:
     first = configs[0]
+    warn_of_large_batches(first, data)  # the members share batch size and data (group_key)
     set_threads(first, data, members=len(configs))
     with contextlib.ExitStack() as locks:  # each folder locked before it is checked or cleared, as in `train`
         run_dirs = [

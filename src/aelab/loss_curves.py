@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
+from aelab.errors import ConfigError
 from aelab.losses import LOSS_FLOORS, LOSSES, cb_logits_for_mean
 
 CURVE_TARGETS = (0.0, 0.3, 0.5, 0.8, 1.0)
 PREDICTION_EDGE = 1e-3  # curves are drawn for predictions in [edge, 1 - edge]
+PLOT_FORMATS = ("png", "svg", "pdf")  # what a file name may end in; the suffix picks the format
 
 
 def elementwise_loss(name: str, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -141,15 +143,27 @@ def shifted_curve(name: str, target: float, grid: torch.Tensor) -> torch.Tensor:
     return values - values.min()
 
 
+def plot_format(path: str | Path) -> str:
+    """The image format a file name asks for, from its suffix: "png", "svg" or "pdf". Raises
+    ConfigError for any other name, before anything is drawn."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in PLOT_FORMATS:
+        names = ", ".join(f".{name}" for name in PLOT_FORMATS)
+        raise ConfigError(f"cannot draw the curves into {path}: the file name must end in {names}")
+    return suffix
+
+
 def plot_loss_curves(
     targets: Sequence[float] = CURVE_TARGETS,
     path: str | Path | None = None,
     predictions: Sequence[float] | None = None,
 ) -> bytes:
-    """A PNG with one panel per loss: its curve against the prediction for each target,
+    """A figure with one panel per loss: its curve against the prediction for each target,
     shifted so each curve's minimum is zero. With `predictions` (one per target), each
     (prediction, loss) is marked on its target's curve. Written to `path` when given
-    (atomically); the PNG bytes are returned either way."""
+    (atomically), in the format its suffix names (`plot_format`: .png, .svg or .pdf); the
+    file's bytes are returned either way (PNG without `path`)."""
+    image_format = "png" if path is None else plot_format(path)
     import matplotlib
     from matplotlib.figure import Figure  # not pyplot: no global figures, the user's backend kept
 
@@ -179,7 +193,7 @@ def plot_loss_curves(
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format=image_format, dpi=100)
     data = buffer.getvalue()
     if path is not None:
         atomic_write_bytes(path, data)

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,15 +120,44 @@ def save_config(run_dir: Path, config: RunConfig) -> None:
     atomic_write_text(run_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that names a key twice (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own error follows
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"key {key!r} appears twice in one mapping (again on line {line}); keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A YAML or JSON config file as a plain dict (safe loader: no objects are built)."""
+    """A YAML or JSON config file as a plain dict (safe loader: no objects are built). A key
+    given twice in one mapping is an error, not "the last one wins"."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise AelabError(f"cannot read config file {path}: {error.strerror}; check the path") from None
     try:
-        raw = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)  # a SafeLoader: builds no objects
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _DuplicateKey as error:
+        raise AelabError(f"config file {path}: {error}") from None
     except yaml.YAMLError as error:
         first = str(error).splitlines()[0]
         raise AelabError(f"config file {path} is not valid YAML ({first}); fix its syntax") from None
@@ -139,8 +168,28 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# Until issue 10, data.val_fraction defaulted to 0.2 and was recorded for every dataset, though
+# only user data is split by it; it is None now wherever a dataset has its own split.
+LEGACY_VAL_FRACTION = 0.2
+
+
+def upgrade_config_dict(raw: dict[str, Any]) -> dict[str, Any]:
+    """A config (or sweep file) read from a folder written by an earlier aelab, as this one
+    writes it: an unused val_fraction of 0.2 on a dataset with its own split becomes None, so
+    old run and sweep folders still match, resume and skip as before. Returns a new dict."""
+    from aelab.data import DATASETS
+
+    data = raw.get("data")
+    if not isinstance(data, dict) or data.get("val_fraction") != LEGACY_VAL_FRACTION:
+        return raw
+    spec = DATASETS.get(data.get("name", RunConfig().data.name))
+    if spec is None or spec.user_data:
+        return raw
+    return {**raw, "data": {**data, "val_fraction": None}}
+
+
 def load_config(run_dir: Path) -> RunConfig:
-    return RunConfig.from_dict(read_config_file(run_dir / CONFIG_FILE))
+    return RunConfig.from_dict(upgrade_config_dict(read_config_file(run_dir / CONFIG_FILE)))
 
 
 # --- metrics and status
@@ -258,7 +307,7 @@ def load_run(path: str | Path) -> Run:
         raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
     source, tensors, metadata = _weights_source(run_dir)
     try:
-        config = RunConfig.from_dict(json.loads(metadata["config"]))
+        config = RunConfig.from_dict(upgrade_config_dict(json.loads(metadata["config"])))
         image_shape = tuple(json.loads(metadata["image_shape"]))
     except (KeyError, json.JSONDecodeError, TypeError):
         raise RunFolderError(f"{source}: its metadata lacks a readable config") from None

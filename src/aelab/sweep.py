@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number
 from aelab.errors import AelabError, ConfigError, RunFolderError
 from aelab.runs import (
     RESULTS_CSV,
@@ -52,6 +52,7 @@ from aelab.runs import (
     load_config,
     read_config_file,
     read_status,
+    upgrade_config_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,8 @@ def short_key(key: str) -> str:
 def parse_value(key: str, value: Any) -> Any:
     """A grid value as its config field wants it. Text from the command line ("1e-2", "none",
     "[128,64]", "100") becomes a number, None or a list; YAML values pass through the same
-    checks (PyYAML reads 1e-2 as text)."""
+    checks (PyYAML reads 1e-2 as text). Numbers go through `aelab.config.parse_number`, as
+    config files and flags do."""
     section, name = resolve_key(key)
     hint = typing.get_type_hints(SECTIONS[section])[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -133,23 +135,26 @@ def parse_value(key: str, value: Any) -> Any:
                 return []
             parsed = yaml.safe_load(text) if text.startswith("[") else text.replace("x", ",").split(",")
             try:
-                return [int(v) for v in (parsed if isinstance(parsed, list) else [parsed])]
-            except (TypeError, ValueError):
+                return [parse_number(v, int) for v in (parsed if isinstance(parsed, list) else [parsed])]
+            except ValueError:
                 raise ConfigError(f"grid key {key}: {value!r} is not a list of integers like 100 or [128,64]") from None
         if hint is bool:
             if text.lower() not in ("true", "false"):
                 raise ConfigError(f"grid key {key}: {value!r} is not true or false")
             return text.lower() == "true"
-        if hint in (int, float):
-            try:
-                return hint(float(text)) if hint is int and float(text).is_integer() else hint(text)
-            except ValueError:
-                kind = "an integer" if hint is int else "a number"
-                raise ConfigError(f"grid key {key}: {value!r} is not {kind}") from None
-        return text
+        return _grid_number(key, hint, text) if hint in (int, float) else text
     if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
         return [value]
+    if hint in (int, float) and value is not None:
+        return _grid_number(key, hint, value)
     return value
+
+
+def _grid_number(key: str, kind: type[int] | type[float], value: Any) -> int | float:
+    try:
+        return parse_number(value, kind)
+    except ValueError as expected:
+        raise ConfigError(f"grid key {key}: {value!r} is not {expected}") from None
 
 
 def split_values(text: str) -> list[str]:
@@ -167,13 +172,19 @@ def split_values(text: str) -> list[str]:
 
 
 def parse_grid(items: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-    """Command-line grid axes, "loss=bce,mse" "lr=1e-2,1e-3", as an ordered grid."""
+    """Command-line grid axes, "loss=bce,mse" "lr=1e-2,1e-3", as an ordered grid. A key given
+    twice is refused (a later axis would replace the earlier one)."""
     grid: dict[str, tuple[Any, ...]] = {}
+    given: dict[str, str] = {}
     for item in items:
         key, equals, values = item.partition("=")
         if not equals or not key.strip() or not values.strip():
             raise ConfigError(f"--grid takes KEY=VALUE,VALUE,... like loss=bce,mse; got {item!r}")
-        grid[key.strip()] = tuple(split_values(values))
+        key = key.strip()
+        if key in grid:
+            both = ",".join([*grid[key], *split_values(values)])
+            raise ConfigError(f"--grid names {key} twice ({given[key]} and {item}); give one axis: {key}={both}")
+        grid[key], given[key] = tuple(split_values(values)), item
     return grid
 
 
@@ -328,8 +339,33 @@ class Sweep:
 
 
 def load_sweep_file(path: str | Path, base: RunConfig = DEFAULT_BASE) -> SweepSpec:
-    """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`."""
-    return SweepSpec.from_dict(read_config_file(path), base)
+    """A YAML sweep file: a run config's sections (over `base`) plus `grid: {key: [values]}`,
+    checked by `check_sweep_file`."""
+    raw = read_config_file(path)
+    check_sweep_file(raw, path)
+    return SweepSpec.from_dict(raw, base)
+
+
+def check_sweep_file(raw: dict[str, Any], path: str | Path) -> None:
+    """Refuse what a sweep file's contents would otherwise do without a word: an empty grid
+    (the default grid would run) and a key set in a section that a grid axis replaces in
+    every run."""
+    if "grid" in raw and not raw["grid"]:
+        raise ConfigError(
+            f"sweep file {path}: grid is empty; list at least one axis, like grid: {{loss: [bce, mse]}}, "
+            "or leave grid out for the default grid"
+        )
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError("sweep file key 'grid' must map config keys to lists of values")
+    for key in grid:
+        section, name = resolve_key(key)
+        values = raw.get(section) or {}
+        if isinstance(values, dict) and name in values:
+            raise ConfigError(
+                f"sweep file {path} sets {section}.{name}: {values[name]!r} and has a grid axis {key}, which "
+                "replaces it in every run; drop one of them"
+            )
 
 
 # --- training: the one place a sweep trains runs.
@@ -432,15 +468,15 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
     counts = f"{len(skipped)} done before, {len(unfinished)} to resume, {len(fresh)} to train"
-    say(f"sweep {out}: {len(points)} runs ({counts})")
+    say(f"sweep {out}: {_runs(len(points))} ({counts})")
     for point in unfinished:
         say(f"resuming {point.name}")
         _resume_or_restart(point, out / point.name, progress)
     if fresh:
         started = time.perf_counter()
-        say(f"training {len(fresh)} runs: {', '.join(p.name for p in fresh)}")
+        say(f"training {_runs(len(fresh))}: {', '.join(p.name for p in fresh)}")
         train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress)
-        say(f"trained {len(fresh)} runs in {time.perf_counter() - started:.1f} s")
+        say(f"trained {_runs(len(fresh))} in {time.perf_counter() - started:.1f} s")
 
     evaluations = evaluate_runs([out / p.name for p in points])
     rows = []
@@ -452,6 +488,10 @@ def run_sweep(
     return SweepResult(
         out, points, rows, evaluations, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
     )
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def _check_sweep_folder(out: Path) -> None:
@@ -533,4 +573,4 @@ def read_sweep(out: str | Path) -> Sweep | None:
     extended = raw.pop(EXTENDED_KEY, None) or []
     if not isinstance(extended, list) or not all(isinstance(part, dict) for part in extended):
         raise RunFolderError(f"{path}: {EXTENDED_KEY!r} must be a list of sweeps; the file was edited or damaged")
-    return Sweep(tuple(SweepSpec.from_dict(part, RunConfig()) for part in (raw, *extended)))
+    return Sweep(tuple(SweepSpec.from_dict(upgrade_config_dict(part), RunConfig()) for part in (raw, *extended)))

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aelab.config import RunConfig, TrainConfig
-from aelab.data import ImageData, data_for_run, data_for_training, load_dataset, prepare_batch
+from aelab.data import ImageData, check_data_config, data_for_run, data_for_training, load_dataset, prepare_batch
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step
@@ -53,6 +53,7 @@ from aelab.runs import (
     run_lock,
     save_config,
     save_model,
+    upgrade_config_dict,
     write_metrics,
     write_status,
 )
@@ -92,8 +93,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_config(config: RunConfig) -> None:
-    """Name checks that need the registries; ranges are checked by the dataclasses."""
+def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
+    """Name checks that need the registries; ranges are checked by the dataclasses.
+
+    data_keys: also refuse data keys the dataset would ignore (`check_data_config`), as for a
+    new run; False for a folder's own config (evaluation, resume: folders written before that
+    check) and for data passed in memory."""
+    if data_keys:
+        check_data_config(config.data)
     get_loss(config.train.loss)
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
@@ -125,7 +132,7 @@ class Trainer:
     """One run's state. `run_epoch()` trains one epoch and returns its metrics row."""
 
     def __init__(self, config: RunConfig, data: ImageData, device: torch.device | None = None) -> None:
-        check_config(config)
+        check_config(config, data_keys=False)
         self.config = config
         self.data = data
         self.device = device or resolve_device(config.train.device)
@@ -446,7 +453,7 @@ class Trainer:
         except (KeyError, json.JSONDecodeError):
             raise RunFolderError(f"{path}: its metadata lacks a readable config; the file is damaged") from None
         with contextlib.suppress(AelabError):  # fill in keys added since (data.fingerprint); invalid: differs
-            saved_config = RunConfig.from_dict(saved_config).to_dict()
+            saved_config = RunConfig.from_dict(upgrade_config_dict(saved_config)).to_dict()
         if saved_config != self.config.to_dict():
             changed = sorted(
                 f"{section}.{key}"
@@ -544,13 +551,14 @@ def train(
         its path.
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
-    check_config(config)
+    check_config(config, data_keys=data is None)
     data_config, data = data_for_training(config.data, data)
     config = dataclasses.replace(config, data=data_config)
     # The folder's lock is taken before --overwrite clears it and held for the whole run.
     with claim_run_dir(out, overwrite=overwrite) if out is not None else contextlib.nullcontext() as run_dir:
         if data is None:
             data = load_dataset(config.data)
+        warn_of_large_batches(config, data)
         set_threads(config, data)
         trainer = Trainer(config, data)
         if run_dir is not None:
@@ -629,7 +637,7 @@ def resume(
         )
     try:
         config = load_config(run_dir)
-        check_config(config)
+        check_config(config, data_keys=False)
     except AelabError as error:
         raise RunFolderError(
             f"{run_dir / CONFIG_FILE} does not validate ({error}); fix it or start a new run"
@@ -637,6 +645,7 @@ def resume(
     with run_lock(run_dir):
         remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
         data = data_for_run(config.data, data, str(run_dir), call)
+        warn_of_large_batches(config, data)
         set_threads(config, data)
         trainer = Trainer(config, data)
         if (run_dir / CHECKPOINT_FILE).exists():
@@ -650,6 +659,17 @@ def resume(
         result = _train_loop(trainer, run_dir, progress, list(callbacks))
     result.extras["resumed_from_epoch"] = resumed_from
     return result
+
+
+def warn_of_large_batches(config: RunConfig, data: ImageData) -> None:
+    """One warning line when train.batch_size is more than the training images: training goes
+    on, with one step per epoch on all of them."""
+    count = data.train.shape[0]
+    if config.train.batch_size > count:
+        log.warning(
+            "train.batch_size %d is more than the %d training images: each epoch is one step on all %d",
+            config.train.batch_size, count, count,
+        )  # fmt: skip
 
 
 def estimate_run_bytes(trainer: Trainer) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aelab.config import BINARIZE_MODES, DataConfig
+from aelab.config import BINARIZE_MODES, DEFAULT_VAL_FRACTION, DataConfig
 from aelab.data.download import _find_or_download
 from aelab.data.readers import (
     IMAGE_SUFFIXES,
@@ -113,6 +113,8 @@ class DatasetSpec:
     read: builds the full `ImageData` (no limits applied, scale as for scale="auto").
     mirrors: base URLs tried in order; a file's URL is mirror + filename.
     files: the files to download into `data_cache_dir() / name`.
+    user_data: reads the user's data.path and splits it by data.val_fraction (the other
+        datasets come with their own split and refuse both keys).
     """
 
     name: str
@@ -122,6 +124,7 @@ class DatasetSpec:
     read: Callable[[DatasetSpec, DataConfig], ImageData]
     mirrors: tuple[str, ...] = ()
     files: tuple[RemoteFile, ...] = ()
+    user_data: bool = False
 
     def load(self, config: DataConfig) -> ImageData:
         """The whole dataset as stored; `load_dataset` applies limits and scale on top."""
@@ -130,6 +133,32 @@ class DatasetSpec:
 
 # ---------------------------------------------------------------------------------------------
 # Public entry points
+
+
+def check_data_config(config: DataConfig) -> None:
+    """The checks of a `DataConfig` that need the registry: the dataset exists, and every key
+    set is one it reads (data.path and data.val_fraction for user data, data.data_dir for the
+    downloadable datasets). Raises DataError naming the key and what to do."""
+    spec = DATASETS.get(config.name)
+    if spec is None:
+        raise DataError(f"unknown dataset {config.name!r}; valid names: {', '.join(DATASETS)}")
+    user = ", ".join(name for name, other in DATASETS.items() if other.user_data)
+    if config.path is not None and not spec.user_data:
+        raise DataError(
+            f"data.path is read by the datasets {user} only, and {config.name} does not read it: drop data.path "
+            "or set data.name to array (a .npy/.npz file) or folder (PNG/JPEG images)"
+        )
+    if config.val_fraction is not None and not spec.user_data:
+        raise DataError(
+            f"data.val_fraction splits user data ({user}); {config.name} comes with its own train/validation "
+            "split: drop data.val_fraction (data.train_limit and data.val_limit take fewer images)"
+        )
+    if config.data_dir is not None and not spec.mirrors:
+        downloadable = ", ".join(name for name, other in DATASETS.items() if other.mirrors)
+        raise DataError(
+            f"data.data_dir is read by the downloadable datasets {downloadable} only, and {config.name} does not "
+            "read it: drop data.data_dir"
+        )
 
 
 def load_dataset(config: DataConfig) -> ImageData:
@@ -169,7 +198,7 @@ def images_from_array(images: torch.Tensor | np.ndarray, config: DataConfig) -> 
             f"{type(images).__name__}; pass an array of shape (N, H, W), (N, C, H, W) or (N, D)"
         )
     pixels, scale = _as_images(array, where)
-    n_train = _train_count(len(pixels), config.val_fraction, where)
+    n_train = _train_count(len(pixels), _val_fraction(config), where)
     return _image_data(
         IN_MEMORY,
         pixels[:n_train],
@@ -215,7 +244,12 @@ def data_for_training(config: DataConfig, data: ImagesLike | None) -> tuple[Data
         return config, _apply_limits(data, config)
     images = _apply_limits(data if isinstance(data, ImageData) else images_from_array(data, config), config)
     recorded = dataclasses.replace(
-        config, name=IN_MEMORY, path=None, data_dir=None, fingerprint=data_fingerprint(images)
+        config,
+        name=IN_MEMORY,
+        path=None,
+        data_dir=None,
+        val_fraction=_val_fraction(config),
+        fingerprint=data_fingerprint(images),
     )
     return recorded, images
 
@@ -241,7 +275,7 @@ def data_for_run(config: DataConfig, data: ImagesLike | None, where: str, call: 
             raise DataError(
                 f"the images passed are not those {where} was trained on: they are {short_fingerprint(found)}, its "
                 f"data.fingerprint records {short_fingerprint(config.fingerprint)}; pass the same images "
-                f"(split by data.val_fraction {config.val_fraction:g})"
+                f"(split by data.val_fraction {_val_fraction(config):g})"
             )
     return images
 
@@ -363,7 +397,7 @@ def _read_array_dataset(spec: DatasetSpec, config: DataConfig) -> ImageData:
     images, scale = _as_images(images, path.name)
     if labels is not None:
         labels = _as_labels(labels, len(images), f"{path.name} labels")
-    n_train = _train_count(len(images), config.val_fraction, path.name)
+    n_train = _train_count(len(images), _val_fraction(config), path.name)
     return _image_data(
         spec.name,
         images[:n_train],
@@ -417,7 +451,7 @@ def _read_folder_dataset(spec: DatasetSpec, config: DataConfig) -> ImageData:
     start = 0
     for label, (folder_name, files) in enumerate(groups):
         count = len(files)
-        n_train = _train_count(count, config.val_fraction, str(root / folder_name))
+        n_train = _train_count(count, _val_fraction(config), str(root / folder_name))
         train_parts.append(pixels[start : start + n_train])
         val_parts.append(pixels[start + n_train : start + count])
         train_labels.append(np.full(n_train, label, dtype=np.int64))
@@ -425,7 +459,7 @@ def _read_folder_dataset(spec: DatasetSpec, config: DataConfig) -> ImageData:
         start += count
     has_classes = bool(class_folders)
     mode = "grayscale" if grayscale else "RGB"
-    split = f"the last {config.val_fraction:g}"
+    split = f"the last {_val_fraction(config):g}"
     if has_classes:
         split = f"{len(groups)} classes by subfolder, {split} of each"
     return _image_data(
@@ -468,6 +502,10 @@ def _to_tensor(array: np.ndarray) -> torch.Tensor:
     if not array.flags.writeable:  # torch warns on read-only arrays
         array = array.copy()
     return torch.from_numpy(array)
+
+
+def _val_fraction(config: DataConfig) -> float:
+    return DEFAULT_VAL_FRACTION if config.val_fraction is None else config.val_fraction
 
 
 def _train_count(count: int, val_fraction: float, where: str) -> int:
@@ -576,6 +614,7 @@ DATASETS: dict[str, DatasetSpec] = {
             source="your file",
             shape=None,
             read=_read_array_dataset,
+            user_data=True,
         ),
         DatasetSpec(
             name="folder",
@@ -583,6 +622,7 @@ DATASETS: dict[str, DatasetSpec] = {
             source="your folder",
             shape=None,
             read=_read_folder_dataset,
+            user_data=True,
         ),
         DatasetSpec(
             name=IN_MEMORY,
