@@ -149,6 +149,29 @@ def test_a_stacked_run_resumed_alone_continues_on_the_groups_thread_count(tmp_pa
     assert read_status(outs[1])["threads"] == usable_cores()
 
 
+@needs_two_cores
+def test_a_sweep_resumes_its_killed_run_on_the_recorded_thread_count(tmp_path, monkeypatch):
+    import shutil
+
+    from aelab.sweep import SweepSpec, run_sweep
+
+    cores = usable_cores()
+    spec = SweepSpec(step_config(epochs=3), {"seed": (0,)})
+    (point,) = spec.points()
+    train(point.config, tmp_path / "whole", progress=False)
+    out = tmp_path / "sweep"
+    run_sweep(spec, out)
+    shutil.rmtree(out / point.name)  # as if killed mid-run: trained to epoch 1 on every core
+    with pytest.raises(Stop):
+        train(point.config, out / point.name, progress=False, callbacks=[StopAfter(1)])
+    monkeypatch.setattr(fast_module, "usable_cores", lambda: 1)  # the default now says one thread
+    with cpu_burners(cores):
+        result = run_sweep(spec, out)
+    assert result.resumed == [point.name]
+    assert read_status(out / point.name)["threads"] == cores
+    assert_same_tensors(tmp_path / "whole" / "model.safetensors", out / point.name / "model.safetensors")
+
+
 def make_it_old(run_dir):
     """Turn a run folder into one written before aelab recorded threads: `threads: null` in
     config.yaml and in the checkpoint's config, no thread count in the checkpoint or status."""
