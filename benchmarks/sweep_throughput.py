@@ -29,7 +29,7 @@ import torch
 
 from aelab import RunConfig, load_dataset, train
 from aelab.ensemble import _Group, _member_order_key, _train_epoch, train_ensemble
-from aelab.train import Trainer, set_threads
+from aelab.train import Trainer, thread_count
 
 
 def grid(images: int, batch_size: int, threads: int | None, epochs: int = 1) -> list[RunConfig]:
@@ -104,13 +104,13 @@ def main() -> None:
             ensemble_rows = [result.history[-1] for result in train_ensemble(configs, data=data, progress=False)]
             whole["ensemble"].append(time.perf_counter() - started)
 
-            set_threads(configs[0], data)  # what `train` picks for one run
+            torch.set_num_threads(thread_count(configs[0], data))  # what `train` picks for one run
             trainers = [Trainer(config, data) for config in configs]
             started = time.perf_counter()
             for trainer in trainers:
                 trainer.train_epoch()
             steps["one after another"].append(time.perf_counter() - started)
-            set_threads(configs[0], data, members=len(configs))  # what `train_ensemble` picks
+            torch.set_num_threads(thread_count(configs[0], data, members=len(configs)))  # what `train_ensemble` picks
             stacked = _Group(sorted((Trainer(config, data) for config in configs), key=_member_order_key))
             started = time.perf_counter()
             _train_epoch(stacked, False, batch_size, False, "")

@@ -1,7 +1,9 @@
-"""Chaos: `aelab train` killed with SIGKILL at random moments and resumed each time ends with
-the weights of a run that was never interrupted, bit for bit; a kill in the middle of a
-checkpoint write leaves a folder that still loads and resumes."""
+"""Chaos: `aelab train` killed with SIGKILL at random moments and resumed each time, every other
+time beside processes that keep every core busy, ends with the weights of a run that was never
+interrupted (nor loaded), bit for bit; a kill in the middle of a checkpoint write leaves a
+folder that still loads and resumes."""
 
+import contextlib
 import json
 import os
 import random
@@ -18,15 +20,21 @@ from safetensors.torch import load_file
 
 from aelab import load_run, resume
 from aelab.cli import main
-from aelab.runs import read_status
+from aelab.fast import ONE_THREAD_BELOW, usable_cores
+from aelab.runs import read_status, read_threads
+
+from .cpu_load import cpu_burners
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
 
 EPOCHS = 60
+# The default thread count (auto): batch 32 of 784 pixels is not below ONE_THREAD_BELOW, so the
+# run takes every usable core, which a load-based choice would cut under load.
 FLAGS = [
     "--train-limit", "256", "--val-limit", "64", "--hidden", "16", "--latent", "4", "--batch-size", "32",
-    "--threads", "1", "--lr", "0.01", "--binarize", "bernoulli", "--seed", "7", "--quiet",
+    "--lr", "0.01", "--binarize", "bernoulli", "--seed", "7", "--quiet",
 ]  # fmt: skip
+assert ONE_THREAD_BELOW <= 32 * 784
 MIN_KILLS = 10
 NOT_STARTED = ("has no config.yaml", "is not a run folder")
 
@@ -56,7 +64,14 @@ def assert_same_tensors(left, right):
         assert first[name].dtype == second[name].dtype and torch.equal(first[name], second[name]), name
 
 
-def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
+@pytest.fixture
+def load():
+    """Context managers for CPU load (`cpu_burners`), all ended when the test ends."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path, load):
     reference = tmp_path / "reference"
     assert main(["train", *FLAGS, "--epochs", str(EPOCHS), "--out", str(reference)]) == 0
 
@@ -65,6 +80,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
     rng = random.Random(20240607)
     process = launch(*start)
     killed_at = []  # epochs the folder had finished when each kill landed
+    loaded_resumes = 0
     while True:
         before = epochs_done(run)
         if rng.random() < 0.2:
@@ -78,6 +94,10 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
             process.wait()
             process.stderr.close()
             killed_at.append(epochs_done(run))
+            load.close()  # the previous resume's burners, if any
+            if len(killed_at) % 2:  # every other resume beside CPU burners
+                load.enter_context(cpu_burners())
+                loaded_resumes += 1
             process = launch("train", "--resume", str(run), "--quiet")
             continue
         code = process.wait(timeout=300)
@@ -89,10 +109,11 @@ def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path):
         assert code == 0, error
         break
 
-    assert len(killed_at) >= MIN_KILLS
+    assert len(killed_at) >= MIN_KILLS and loaded_resumes >= MIN_KILLS // 2
     assert len(set(killed_at)) >= 5, killed_at  # the kills landed at many different points of the run
     assert max(killed_at) < EPOCHS
     assert load_run(run).finished
+    assert read_threads(run) == read_threads(reference) == usable_cores()  # the count never changed
     assert_same_tensors(reference / "model.safetensors", run / "model.safetensors")
     assert_same_tensors(reference / "checkpoint.safetensors", run / "checkpoint.safetensors")
     # the numbers training itself records (callbacks such as the doctor may add their own)

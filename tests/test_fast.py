@@ -11,7 +11,7 @@ from aelab.activations import ACTIVATIONS, OUTPUT_ONLY
 from aelab.data import load_dataset
 from aelab.ensemble import train_ensemble
 from aelab.errors import ConfigError
-from aelab.fast import ACTIVATION_GRADIENTS, _running_here, choose_threads, optimizer_step
+from aelab.fast import ACTIVATION_GRADIENTS, _running_here, choose_threads, optimizer_step, usable_cores
 from aelab.losses import LOSSES
 from aelab.train import OPTIMIZERS, Trainer
 
@@ -119,12 +119,18 @@ def test_fast_engine_checkpoint_resumes_bit_identically(tmp_path, tiny_config):
     assert strip(straight.history[-1]) == strip(resumed.history[-1])
 
 
-def test_threads_follow_step_size_and_other_load():
-    cores = len(os.sched_getaffinity(0))
-    assert choose_threads(8 * 784, busy=0) == 1
-    assert choose_threads(256 * 784, busy=0) == cores
-    assert choose_threads(256 * 784, busy=cores + 3) == 1
-    assert choose_threads(256 * 784, busy=1) == max(1, cores - 1)
+def test_threads_follow_step_size_and_only_the_load_rule_follows_other_load():
+    cores = usable_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
+    # "auto" (the default): the step's size and the cores, whatever else is running
+    assert choose_threads(8 * 784) == 1
+    assert choose_threads(256 * 784) == cores
+    assert choose_threads(256 * 784, busy=cores + 3) == cores
+    # "load": less the cores other programs keep busy
+    assert choose_threads(8 * 784, "load", busy=0) == 1
+    assert choose_threads(256 * 784, "load", busy=0) == cores
+    assert choose_threads(256 * 784, "load", busy=cores + 3) == 1
+    assert choose_threads(256 * 784, "load", busy=1) == max(1, cores - 1)
 
 
 def test_cb_head_normaliser_matches_the_loss_module_on_both_sides_of_the_series_switch():

@@ -12,13 +12,22 @@ from aelab.data import load_dataset, prepare_batch
 
 BLOB_MODEL = {"hidden_dims": [100], "latent_dim": 50, "activation": "sigmoid", "output_activation": "sigmoid"}
 MEAN_IMAGE_MSE = 0.0674  # a model that outputs the mean image, on MNIST test (shared/datasets/README.md)
+# One thread, as in the other tests: the default ("auto") takes every core whatever else runs,
+# and on a shared 2-core machine two threads ran these tests 10x slower than one (447 s against 46 s).
+THREADS = 1
 
 
 def blob_config(loss: str, learning_rate: float, epochs: int) -> RunConfig:
     return RunConfig.from_dict(
         {
             "model": BLOB_MODEL,
-            "train": {"loss": loss, "learning_rate": learning_rate, "epochs": epochs, "batch_size": 256},
+            "train": {
+                "loss": loss,
+                "learning_rate": learning_rate,
+                "epochs": epochs,
+                "batch_size": 256,
+                "threads": THREADS,
+            },
         }
     )
 
@@ -64,7 +73,7 @@ def test_keras_tutorial_autoencoder_reaches_the_measured_bce(init, keras_figure)
     config = RunConfig.from_dict(
         {
             "model": {"hidden_dims": [], "latent_dim": 32, "activation": "relu", "init": init},
-            "train": {"loss": "bce", "learning_rate": 1e-3, "epochs": 50, "batch_size": 256},
+            "train": {"loss": "bce", "learning_rate": 1e-3, "epochs": 50, "batch_size": 256, "threads": THREADS},
         }
     )
     result = train(config, progress=False)

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 EXIT_USER_ERROR = 2
 EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
 
+
+def parse_threads(text: str) -> int | str:
+    """--threads: '2' -> 2; 'auto', 'load' and anything else as given, for train.threads to check."""
+    text = text.strip()
+    return int(text) if text.lstrip("+-").isdigit() else text
+
+
 # (flag, section, key, type, help) for every option of a RunConfig.
 RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--dataset", "data", "name", str, "dataset name, one of `aelab datasets`"),
@@ -66,7 +73,15 @@ RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ("--seed", "train", "seed", int, "random seed (init, data order, binarisation)"),
     ("--patience", "train", "patience", int, "stop after N epochs without a better validation loss"),
     ("--device", "train", "device", str, "auto, cpu or cuda"),
-    ("--threads", "train", "threads", int, "CPU threads for torch (default: aelab picks)"),
+    (
+        "--threads",
+        "train",
+        "threads",
+        parse_threads,
+        "CPU threads for torch: N; auto (default: 1 for small steps, else every core; the same weights "
+        "whatever else runs); or load (fewer when other programs keep the cores busy: faster on a shared "
+        "machine, but the weights then depend on that load). A resume reuses the run's count",
+    ),
     ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step)"),
 ]
 

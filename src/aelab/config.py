@@ -55,6 +55,11 @@ def parse_number(value: Any, kind: type[int] | type[float]) -> int | float:
     return float(value)
 
 
+# train.threads, besides a count: "auto" picks from the step's size and the machine's cores
+# (deterministic); "load" also leaves out cores other programs keep busy (not deterministic).
+THREAD_CHOICES = ("auto", "load")
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -159,7 +164,11 @@ class TrainConfig:
         (MOMENTUM_OPTIMIZERS), other optimizers refuse a non-zero momentum.
     patience: stop after this many epochs without a better validation loss (None: never).
     device: "auto" (GPU when there is one), "cpu" or "cuda".
-    threads: CPU threads for torch (None: aelab picks).
+    threads: CPU threads for torch: a count, "auto" (one for small steps, else every usable
+        core: the same count, and so the same weights, whatever else runs on the machine) or
+        "load" (as auto, less the cores other programs keep busy when the run starts: faster on
+        a shared machine, but the weights then depend on that load). None (older config files)
+        means "auto". A run records the count it used and a resume reuses it.
     engine: "auto" (the hand-written dense step where it applies, else autograd), "autograd"
         or "fast" (the hand-written step; an error for models it cannot train).
     """
@@ -174,7 +183,7 @@ class TrainConfig:
     seed: int = 0
     patience: int | None = None
     device: str = "auto"
-    threads: int | None = None
+    threads: int | str | None = "auto"
     engine: str = "auto"
 
     def __post_init__(self) -> None:
@@ -192,7 +201,13 @@ class TrainConfig:
         _check(self.seed >= 0, f"train.seed must be non-negative, got {self.seed}")
         _check(self.patience is None or self.patience >= 1, f"train.patience must be at least 1, got {self.patience}")
         _check(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
-        _check(self.threads is None or self.threads >= 1, f"train.threads must be at least 1, got {self.threads}")
+        if self.threads is None:
+            object.__setattr__(self, "threads", "auto")
+        threads = self.threads
+        _check(
+            threads in THREAD_CHOICES or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1),
+            f"train.threads must be a positive integer, auto or load, got {threads!r}",
+        )
         _check(
             self.engine in ("auto", "autograd", "fast"),
             f"train.engine must be auto, autograd or fast, got {self.engine!r}",
@@ -263,7 +278,16 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key)
+        # Several types (train.threads: a count or a name): the first that fits; a value that
+        # fits none is left for the dataclass's own check, whose message lists what is valid.
+        for option in inner:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")

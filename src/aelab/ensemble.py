@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from aelab.config import RunConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import DivergenceError
-from aelab.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
+from aelab.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step, torch_threads
 from aelab.models import DenseAutoencoder
 from aelab.runs import check_free_space, claim_run_dir, load_run, save_config, write_status
 from aelab.train import (
@@ -45,7 +45,7 @@ from aelab.train import (
     estimate_run_bytes,
     finish_run,
     record_divergence,
-    set_threads,
+    thread_count,
     train,
     warn_of_large_batches,
 )
@@ -245,11 +245,14 @@ def _train_group(
 ) -> list[TrainResult]:
     first = configs[0]
     warn_of_large_batches(first, data)  # the members share batch size and data (group_key)
-    set_threads(first, data, members=len(configs))
+    # One count for the whole stacked step, recorded in every member's folder: a member
+    # resumed on its own (`aelab.train.resume`) continues on the count it trained with.
+    threads = thread_count(first, data, members=len(configs))
     with contextlib.ExitStack() as locks:  # each folder locked before it is checked or cleared, as in `train`
         run_dirs = [
             locks.enter_context(claim_run_dir(out, overwrite=overwrite)) if out is not None else None for out in outs
         ]
+        locks.enter_context(torch_threads(threads))
         return _train_locked_group(configs, run_dirs, data, progress, share_batches, callbacks)
 
 
@@ -271,7 +274,7 @@ def _train_locked_group(
         if run_dir is not None:
             check_free_space(run_dir, estimate_run_bytes(trainer))
             save_config(run_dir, trainer.config)
-            write_status(run_dir, "running", epochs_done=0)
+            write_status(run_dir, "running", epochs_done=0, threads=trainer.threads)
             trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
         for callback in run_callbacks:
             callback.on_train_start(trainer, run_dir)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
@@ -227,6 +227,31 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     except json.JSONDecodeError:
         return {"state": "damaged"}
     return status if isinstance(status, dict) else {"state": "damaged"}
+
+
+def read_threads(run_dir: str | Path) -> int | None:
+    """The CPU thread count a run trained with, as recorded in its checkpoint's metadata (else
+    in status.json), or None for a folder written before aelab recorded it. A recorded value
+    that is not a positive count is a RunFolderError: that file is damaged."""
+    run_dir = Path(run_dir)
+    sources: list[tuple[Path, Any]] = []
+    checkpoint = run_dir / CHECKPOINT_FILE
+    if checkpoint.exists():
+        try:
+            with safe_open(checkpoint, "pt") as file:  # the header only; no tensor is read
+                sources.append((checkpoint, (file.metadata() or {}).get("threads")))
+        except (SafetensorError, OSError):
+            pass  # a damaged checkpoint: resuming it says so; status.json may still tell
+    sources.append((run_dir / STATUS_FILE, read_status(run_dir).get("threads")))
+    for path, value in sources:
+        if value is None:
+            continue
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RunFolderError(f"{path} records {value!r} threads, not a thread count; the file is damaged")
+        return value
+    return None
 
 
 def is_finished(run_dir: str | Path) -> bool:

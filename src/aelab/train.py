@@ -29,7 +29,7 @@ from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, check_data_config, data_for_run, data_for_training, load_dataset, prepare_batch
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
-from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step
+from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step, torch_threads
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import LOSS_FLOORS, bce_floor, expected_pixels, get_loss
 from aelab.metrics import SetStatistics, image_metrics
@@ -49,6 +49,7 @@ from aelab.runs import (
     load_weights,
     read_safetensors,
     read_status,
+    read_threads,
     remove_temporaries,
     run_lock,
     save_config,
@@ -136,6 +137,9 @@ class Trainer:
         self.config = config
         self.data = data
         self.device = device or resolve_device(config.train.device)
+        # The CPU threads this run computes with (set by `train`, `resume` or `train_ensemble`
+        # before building the trainer); recorded in checkpoints and status.json for resume.
+        self.threads = torch.get_num_threads()
         seed = config.train.seed
         self.model = build_model(config.model, data.image_shape, seed=seed, loss=config.train.loss).to(self.device)
         self._check_fits()
@@ -423,6 +427,7 @@ class Trainer:
             "config": json.dumps(self.config.to_dict()),
             "image_shape": json.dumps(list(self.data.image_shape)),
             "epoch": str(self.epoch),
+            "threads": str(self.threads),
             "param_groups": json.dumps(optimizer_state["param_groups"]),
             "optimizer_scalars": json.dumps(scalars),
             "trainer": json.dumps(
@@ -559,13 +564,13 @@ def train(
         if data is None:
             data = load_dataset(config.data)
         warn_of_large_batches(config, data)
-        set_threads(config, data)
-        trainer = Trainer(config, data)
-        if run_dir is not None:
-            check_free_space(run_dir, estimate_run_bytes(trainer))
-            save_config(run_dir, config)
-            write_status(run_dir, "running", epochs_done=0)
-        return _train_loop(trainer, run_dir, progress, _run_callbacks(list(callbacks), run_dir, doctor, report))
+        with torch_threads(thread_count(config, data)):
+            trainer = Trainer(config, data)
+            if run_dir is not None:
+                check_free_space(run_dir, estimate_run_bytes(trainer))
+                save_config(run_dir, config)
+                write_status(run_dir, "running", epochs_done=0, threads=trainer.threads)
+            return _train_loop(trainer, run_dir, progress, _run_callbacks(list(callbacks), run_dir, doctor, report))
 
 
 def _run_callbacks(callbacks: list[Callback], run_dir: Path | None, doctor: bool, report: bool) -> list[Callback]:
@@ -646,17 +651,24 @@ def resume(
         remove_temporaries(run_dir)  # torn writes of the killed process; the files they replace are whole
         data = data_for_run(config.data, data, str(run_dir), call)
         warn_of_large_batches(config, data)
-        set_threads(config, data)
-        trainer = Trainer(config, data)
-        if (run_dir / CHECKPOINT_FILE).exists():
-            trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
-        else:
-            check_free_space(run_dir, estimate_run_bytes(trainer))
-        resumed_from = trainer.epoch
-        log.info("resuming %s after epoch %d of %d", run_dir, resumed_from, config.train.epochs)
-        write_metrics(run_dir, trainer.history)  # drop rows written after the checkpoint
-        write_status(run_dir, "running", epochs_done=trainer.epoch)
-        result = _train_loop(trainer, run_dir, progress, list(callbacks))
+        # The thread count the run recorded, whatever the load or the default says now: torch
+        # rounds differently on another count, and the resume would no longer be bit-identical.
+        # A folder from before aelab recorded it gets the config's choice.
+        threads = read_threads(run_dir)
+        with torch_threads(threads if threads is not None else thread_count(config, data)):
+            trainer = Trainer(config, data)
+            if (run_dir / CHECKPOINT_FILE).exists():
+                trainer.load_checkpoint(run_dir / CHECKPOINT_FILE)
+            else:
+                check_free_space(run_dir, estimate_run_bytes(trainer))
+            resumed_from = trainer.epoch
+            log.info(
+                "resuming %s after epoch %d of %d on %d threads",
+                run_dir, resumed_from, config.train.epochs, trainer.threads,
+            )  # fmt: skip
+            write_metrics(run_dir, trainer.history)  # drop rows written after the checkpoint
+            write_status(run_dir, "running", epochs_done=trainer.epoch, threads=trainer.threads)
+            result = _train_loop(trainer, run_dir, progress, list(callbacks))
     result.extras["resumed_from_epoch"] = resumed_from
     return result
 
@@ -683,15 +695,14 @@ def estimate_run_bytes(trainer: Trainer) -> int:
     return 2 * checkpoint_bytes + weight_bytes + history_bytes + REPORT_BYTES + (1 << 16)
 
 
-def set_threads(config: RunConfig, data: ImageData, members: int = 1) -> int:
-    """Set torch's CPU threads: `train.threads` when given, else `choose_threads` for the
-    work of one step of `members` stacked runs. Returns the number set."""
+def thread_count(config: RunConfig, data: ImageData, members: int = 1) -> int:
+    """The CPU threads a run trains with: `train.threads` when it is a count, else
+    `choose_threads` by its rule ("auto" or "load") for one step of `members` stacked runs.
+    Sets nothing; `aelab.fast.torch_threads` applies the count for a block."""
     threads = config.train.threads
-    if threads is None:
-        threads = choose_threads(members * config.train.batch_size * data.num_pixels)
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-    return threads
+    if isinstance(threads, int):
+        return threads
+    return choose_threads(members * config.train.batch_size * data.num_pixels, threads)
 
 
 def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callbacks: list[Callback]) -> TrainResult:
@@ -736,7 +747,7 @@ def end_epoch(
     if run_dir is not None:
         trainer.save_checkpoint(run_dir)
         write_metrics(run_dir, trainer.history)
-        write_status(run_dir, "running", epochs_done=trainer.epoch)
+        write_status(run_dir, "running", epochs_done=trainer.epoch, threads=trainer.threads)
 
 
 def finish_run(trainer: Trainer, run_dir: Path | None, callbacks: list[Callback]) -> TrainResult:
@@ -752,6 +763,7 @@ def finish_run(trainer: Trainer, run_dir: Path | None, callbacks: list[Callback]
             epochs_done=trainer.epoch,
             best_epoch=trainer.best_epoch,
             stopped_early=stopped_early,
+            threads=trainer.threads,
         )
     trainer.model.eval()
     result = TrainResult(trainer.model, trainer.history, run_dir, trainer.best_epoch, stopped_early)
@@ -788,7 +800,10 @@ def record_divergence(trainer: Trainer, run_dir: Path | None, error: DivergenceE
     )
     others = [f for f in read_findings(run_dir) if f.id != "divergence"]
     save_findings(run_dir, [*others, finding])
-    write_status(run_dir, "diverged", epochs_done=trainer.epoch, step=evidence.get("step"), message=str(error))
+    write_status(
+        run_dir, "diverged", epochs_done=trainer.epoch, step=evidence.get("step"), message=str(error),
+        threads=trainer.threads,
+    )  # fmt: skip
     diverged = DivergenceError(message)
     diverged.evidence = evidence  # type: ignore[attr-defined]
     return diverged
