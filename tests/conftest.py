@@ -1,4 +1,5 @@
 import os
+import time
 
 import pytest
 
@@ -19,6 +20,27 @@ TINY_FLAGS = [
 @pytest.fixture
 def tiny_config() -> RunConfig:
     return RunConfig.from_dict(TINY)
+
+
+def tiny(**sections: dict) -> RunConfig:
+    """TINY with each section's keys updated from `sections`: tiny(train={"loss": "mse"})."""
+    raw = {key: dict(value) for key, value in TINY.items()}
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return RunConfig.from_dict(raw)
+
+
+def by_id(findings: list) -> dict:
+    return {finding.id: finding for finding in findings}
+
+
+def wait_for(condition, timeout: float = 120.0, poll: float = 0.005) -> None:
+    """Wait until `condition()` is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        time.sleep(poll)
 
 
 class MakesMarker:

@@ -23,6 +23,7 @@ from aelab.cli import main
 from aelab.fast import ONE_THREAD_BELOW, usable_cores
 from aelab.runs import read_status, read_threads
 
+from .conftest import wait_for
 from .cpu_load import cpu_burners
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
@@ -47,14 +48,6 @@ def launch(*args):
 
 def epochs_done(run_dir):
     return int(read_status(run_dir).get("epochs_done", 0) or 0)
-
-
-def wait_for(condition, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.005)
 
 
 def assert_same_tensors(left, right):

@@ -7,25 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from aelab import DivergenceError, RunConfig, build_model, load_dataset, train
+from aelab import DivergenceError, build_model, load_dataset, train
 from aelab.cli import EXIT_FINDINGS, main
 from aelab.doctor import Doctor, check, check_setup, diagnose_run
 from aelab.doctor.check import probe_targets
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.losses import bce_floor
 
-from .conftest import TINY, TINY_FLAGS
-
-
-def config(**sections):
-    raw = {key: dict(value) for key, value in TINY.items()}
-    for section, values in sections.items():
-        raw[section].update(values)
-    return RunConfig.from_dict(raw)
-
-
-def by_id(findings: list[Finding]) -> dict[str, Finding]:
-    return {finding.id: finding for finding in findings}
+from .conftest import TINY_FLAGS, by_id
+from .conftest import tiny as config
 
 
 def test_raw_pixels_with_bce_and_sigmoid_are_errors_with_their_range():

@@ -25,19 +25,8 @@ from aelab.errors import RunFolderError
 from aelab.findings import Finding, compare_findings, read_findings, save_findings
 from aelab.runs import read_status
 
-from .conftest import TINY, TINY_FLAGS
-
-
-def config(**sections) -> RunConfig:
-    raw = {key: dict(value) for key, value in TINY.items()}
-    for section, values in sections.items():
-        raw[section].update(values)
-    return RunConfig.from_dict(raw)
-
-
-def by_id(findings: list[Finding]) -> dict[str, Finding]:
-    return {finding.id: finding for finding in findings}
-
+from .conftest import TINY, TINY_FLAGS, by_id
+from .conftest import tiny as config
 
 # --- item 9: --strict stops before the first step
 

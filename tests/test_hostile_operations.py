@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from aelab.report import find_runs
 from aelab.runs import LOCK_FILE, read_status, run_lock
 from aelab.sweep import read_sweep
 from aelab.train import Trainer
-from tests.conftest import TINY_FLAGS
+from tests.conftest import TINY_FLAGS, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs fcntl locks and SIGKILL")
 
@@ -39,14 +38,6 @@ def one_error_line(capsys) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("aelab: error: "), err
     return lines[0]
-
-
-def wait_for(condition, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.01)
 
 
 # --- overwrite of folders aelab did not write
