@@ -388,3 +388,29 @@ def test_metrics_jsonl_keeps_its_keys_and_their_order(tmp_path):
         assert row["epoch"] == number and all(
             (isinstance(value, int | float) and math.isfinite(value)) or value is None for value in row.values()
         )
+
+
+CLI_FLAGS = ["--train-limit", "96", "--val-limit", "32", "--hidden", "8", "--latent", "3", "--batch-size", "40"]
+CLI_FLAGS += ["--threads", "1", "--quiet", "--no-report"]
+
+
+def test_the_command_line_passes_loggers_to_train_resume_and_compare(tmp_path, csv_logger, capsys):
+    from aelab.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", *CLI_FLAGS, "--epochs", "2", "--out", str(run_dir), "--logger", "csv"]) == 0
+    history = read_metrics(run_dir)
+    assert len(history) == 2 and all(doctor_keys(row) for row in history)  # the doctor the CLI built
+    assert_csv_holds(run_dir, history)
+    # a resume takes --logger too (it is not part of the run's config); a finished run is left as it is
+    assert main(["train", "--resume", str(run_dir), "--quiet", "--no-report", "--logger", "csv"]) == 0
+    assert_csv_holds(run_dir, history)
+    sweep = tmp_path / "sweep"
+    grid = ["--grid", "activation=relu,sigmoid", "--epochs", "1"]
+    assert main(["compare", *CLI_FLAGS, *grid, "--out", str(sweep), "--logger", "csv"]) == 0
+    for name in ("activation-relu", "activation-sigmoid"):
+        assert_csv_holds(sweep / name, read_metrics(sweep / name))
+    capsys.readouterr()
+    assert main(["train", *CLI_FLAGS, "--out", str(tmp_path / "other"), "--logger", "tb"]) == 2
+    assert capsys.readouterr().err.strip() == "aelab: error: unknown logger 'tb'; valid: jsonl, csv"
+    assert not (tmp_path / "other").exists()

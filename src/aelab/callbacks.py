@@ -88,12 +88,9 @@ DEFAULT_LOGGERS = ("jsonl",)
 
 
 def check_loggers(names: Iterable[str], has_folder: bool = True) -> list[str]:
-    """The logger names to build for a run folder: DEFAULT_LOGGERS, then the others in
-    `names`, each once. Raises ConfigError for an unknown name (listing the known ones), or
-    for names without a folder to write into (has_folder False)."""
-    if isinstance(names, str):
-        names = [names]
-    names = list(names)
+    """`names`, each once, after checking them: a ConfigError for an unknown name (listing the
+    known ones), or for names without a folder to write into (has_folder False)."""
+    names = list(dict.fromkeys([names] if isinstance(names, str) else names))
     for name in names:
         if name not in LOGGERS:
             raise ConfigError(f"unknown logger {name!r}; valid: {', '.join(LOGGERS)}")
@@ -101,12 +98,12 @@ def check_loggers(names: Iterable[str], has_folder: bool = True) -> list[str]:
         raise ConfigError(
             f"loggers ({', '.join(names)}) write into a run folder; give the run an output folder or drop them"
         )
-    return list(dict.fromkeys([*DEFAULT_LOGGERS, *names]))
+    return names
 
 
 def build_loggers(names: Iterable[str]) -> list[Logger]:
-    """One new logger per name in `check_loggers(names)`, for one run folder."""
-    return [LOGGERS[name]() for name in check_loggers(names)]
+    """New loggers for one run folder: those of DEFAULT_LOGGERS, then the others in `names`."""
+    return [LOGGERS[name]() for name in check_loggers([*DEFAULT_LOGGERS, *names])]
 
 
 def epoch_extras(
