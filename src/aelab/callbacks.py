@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 
 
 class Callback:
-    """Hooks into a training run; override what you need. Raising an AelabError in
-    `on_train_start` stops the run before its first step (the folder is marked "stopped");
-    any exception elsewhere stops it with the last epoch's checkpoint kept, as a kill would."""
+    """Hooks into a training run; override what you need. An exception stops the run with the
+    last epoch's checkpoint kept, as a kill would; an AelabError raised in `on_train_start` of
+    `aelab.train` or `aelab.resume` also marks the folder "stopped" (Doctor(strict=True))."""
 
     def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
         """Before the first step; `trainer.history` holds the epochs done before (a resume)."""
