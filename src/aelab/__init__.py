@@ -4,6 +4,7 @@ Train dense and convolutional autoencoders with any output activation and recons
 loss, compare them on equal footing, and see why a model gives a blob.
 """
 
+from aelab.callbacks import LOGGERS, Callback, Logger
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
 from aelab.ensemble import train_ensemble
@@ -18,16 +19,19 @@ __version__ = "0.1.0"
 __all__ = [
     "DATASETS",
     "INITS",
+    "LOGGERS",
     "LOSSES",
     "LOSS_FLOORS",
     "MODELS",
     "OPTIMIZERS",
     "AelabError",
+    "Callback",
     "ConfigError",
     "DataConfig",
     "DataError",
     "DivergenceError",
     "ImageData",
+    "Logger",
     "ModelConfig",
     "Run",
     "RunConfig",

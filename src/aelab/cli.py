@@ -313,6 +313,7 @@ def command_train(args: argparse.Namespace) -> int:
             progress=not args.quiet,
             overwrite=args.overwrite,
             callbacks=[doctor],
+            loggers=args.logger,
             report=not args.no_report,
         )
     except SetupFindingsError as error:
@@ -443,7 +444,12 @@ def command_compare(args: argparse.Namespace) -> int:
         print(f"sweep {out}: continuing it with its {SWEEP_FILE}", flush=True)
     args.interrupted_folder = ("compare", Path(out))
     result = run_sweep(
-        spec, out, progress=not args.quiet, echo=lambda line: print(line, flush=True), extend=args.extend
+        spec,
+        out,
+        progress=not args.quiet,
+        echo=lambda line: print(line, flush=True),
+        extend=args.extend,
+        loggers=args.logger,
     )
     print(f"results: {result.out / 'results.csv'}")
     if not args.no_report:
@@ -523,6 +529,19 @@ def command_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_logger_option(parser: argparse.ArgumentParser) -> None:
+    from aelab.callbacks import LOGGERS
+
+    parser.add_argument(
+        "--logger",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"also write each epoch's metrics with this logger (one of: {', '.join(LOGGERS)}; repeatable); "
+        "metrics.jsonl is always written",
+    )
+
+
 def add_compare_commands(commands: Any) -> None:
     compare = commands.add_parser(
         "compare",
@@ -551,6 +570,7 @@ def add_compare_commands(commands: Any) -> None:
         help="add this grid's runs to the existing sweep folder --out (else a sweep made with another grid is refused)",
     )
     compare.add_argument("--no-report", action="store_true", help="skip report.html")
+    add_logger_option(compare)
     compare.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     compare.set_defaults(handler=command_compare)
 
@@ -620,7 +640,7 @@ def command_resume(args: argparse.Namespace) -> int:
         )
     args.interrupted_folder = ("train", Path(args.resume))
     refuse_in_memory(Path(args.resume), f"aelab.resume({args.resume!r}, data=images)")
-    result = resume(args.resume, progress=not args.quiet)
+    result = resume(args.resume, progress=not args.quiet, loggers=args.logger)
     loss = load_config(Path(args.resume)).train.loss
     start = result.extras.get("resumed_from_epoch")
     if start == len(result.history):
@@ -662,6 +682,7 @@ def build_parser() -> CommandParser:
         "--strict", action="store_true", help=f"exit {EXIT_FINDINGS} when the doctor finds an error-level problem"
     )
     train_parser.add_argument("--no-report", action="store_true", help="skip the run's report.html")
+    add_logger_option(train_parser)
     train_parser.set_defaults(handler=command_train)
 
     doctor_parser = commands.add_parser("doctor", help="list what is wrong with a run, why, and what to change")

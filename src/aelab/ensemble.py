@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from aelab.callbacks import check_loggers, step_hook
 from aelab.config import RunConfig
 from aelab.data import ImageData, load_dataset, prepare_batch
 from aelab.errors import DivergenceError
@@ -45,6 +46,7 @@ from aelab.train import (
     estimate_run_bytes,
     finish_run,
     record_divergence,
+    run_callbacks,
     thread_count,
     train,
     warn_of_large_batches,
@@ -76,6 +78,7 @@ def train_ensemble(
     share_batches: bool = False,
     callbacks: Iterable[Callback] = (),
     make_callbacks: Callable[[], Iterable[Callback]] | None = None,
+    loggers: Iterable[str] = (),
 ) -> list[TrainResult]:
     """Train every config (into `outs[i]` when given), stacking the runs that can share
     matmuls. Returns one `TrainResult` per config, in order.
@@ -88,11 +91,15 @@ def train_ensemble(
         instead of each following its own seed; faster input handling, different numbers.
     data: the images for every config (else each distinct data config is loaded once).
     callbacks: stateless callbacks shared by every run; make_callbacks: called once per run for
-        callbacks that keep per-run state (such as `aelab.doctor.Doctor`)."""
+        callbacks that keep per-run state (such as `aelab.doctor.Doctor`); stacked runs call
+        every member's callbacks as `train` would, `on_step` included.
+    loggers: names in `aelab.LOGGERS`, one of each built for every run folder (besides
+        metrics.jsonl, which every run folder has)."""
     configs = list(configs)
     outs = list(outs) if outs is not None else [None] * len(configs)
     if len(outs) != len(configs):
         raise ValueError(f"train_ensemble got {len(configs)} configs but {len(outs)} output folders")
+    loggers = check_loggers(loggers, has_folder=all(out is not None for out in outs))
     shared_callbacks = list(callbacks)
 
     def callbacks_for_run() -> list[Callback]:
@@ -132,6 +139,7 @@ def train_ensemble(
             overwrite,
             share_batches,
             [callbacks_for_run() for _ in indices],
+            loggers,
         )
         for index, result in zip(indices, group_results, strict=True):
             results[index] = result
@@ -139,7 +147,7 @@ def train_ensemble(
         try:
             results[index] = train(
                 configs[index], outs[index], data=data_for(configs[index]), progress=progress, overwrite=overwrite,
-                callbacks=callbacks_for_run(), doctor=False, report=False,
+                callbacks=callbacks_for_run(), loggers=loggers, doctor=False, report=False,
             )  # fmt: skip
         except DivergenceError as error:
             results[index] = _diverged_result(outs[index], error)
@@ -242,6 +250,7 @@ def _train_group(
     overwrite: bool,
     share_batches: bool,
     callbacks: list[list[Callback]],
+    loggers: list[str],
 ) -> list[TrainResult]:
     first = configs[0]
     warn_of_large_batches(first, data)  # the members share batch size and data (group_key)
@@ -253,6 +262,7 @@ def _train_group(
             locks.enter_context(claim_run_dir(out, overwrite=overwrite)) if out is not None else None for out in outs
         ]
         locks.enter_context(torch_threads(threads))
+        callbacks = [run_callbacks(c, run_dir, loggers) for c, run_dir in zip(callbacks, run_dirs, strict=True)]
         return _train_locked_group(configs, run_dirs, data, progress, share_batches, callbacks)
 
 
@@ -270,13 +280,13 @@ def _train_locked_group(
         problem = fast_step_problem(trainer.model)
         if problem is not None:  # pragma: no cover - group_key admits dense models only
             raise ValueError(f"cannot stack {trainer.config}: {problem}")
-    for trainer, run_dir, run_callbacks in zip(trainers, run_dirs, callbacks, strict=True):
+    for trainer, run_dir, member_callbacks in zip(trainers, run_dirs, callbacks, strict=True):
         if run_dir is not None:
             check_free_space(run_dir, estimate_run_bytes(trainer))
             save_config(run_dir, trainer.config)
             write_status(run_dir, "running", epochs_done=0, threads=trainer.threads)
             trainer.save_checkpoint(run_dir)  # the state to fall back on should epoch 1 diverge
-        for callback in run_callbacks:
+        for callback in member_callbacks:
             callback.on_train_start(trainer, run_dir)
     order = sorted(range(len(trainers)), key=lambda m: _member_order_key(trainers[m]))
     sorted_trainers = [trainers[m] for m in order]
@@ -284,9 +294,12 @@ def _train_locked_group(
     log.info("training %d runs stacked", len(trainers))
     epochs, batch_size = first.train.epochs, first.train.batch_size
     diverged: list[DivergenceError | None] = [None] * len(trainers)
+    hooks = [step_hook(callbacks[m], trainers[m]) for m in order]  # in the stack's order
     for epoch in range(epochs):
         started = time.perf_counter()
-        losses, step_losses = _train_epoch(group, share_batches, batch_size, progress, f"epoch {epoch + 1}/{epochs}")
+        live = [hook if diverged[m] is None else None for m, hook in zip(order, hooks, strict=True)]
+        description, steps_before = f"epoch {epoch + 1}/{epochs}", epoch * trainers[0].steps_per_epoch
+        losses, step_losses = _train_epoch(group, share_batches, batch_size, progress, description, steps_before, live)
         group.share_state()
         for m in order:  # rows and files in the caller's order
             trainer, run_dir = trainers[m], run_dirs[m]
@@ -315,16 +328,25 @@ def _train_locked_group(
             tqdm.write(f"epoch {epoch + 1}/{epochs} val loss: {', '.join(rows)}")
     group.release()
     return [
-        finish_run(trainer, run_dir, run_callbacks) if error is None else _diverged_result(run_dir, error)
-        for trainer, run_dir, run_callbacks, error in zip(trainers, run_dirs, callbacks, diverged, strict=True)
+        finish_run(trainer, run_dir, member_callbacks) if error is None else _diverged_result(run_dir, error)
+        for trainer, run_dir, member_callbacks, error in zip(trainers, run_dirs, callbacks, diverged, strict=True)
     ]
 
 
 def _train_epoch(
-    group: _Group, share_batches: bool, batch_size: int, progress: bool, description: str
+    group: _Group,
+    share_batches: bool,
+    batch_size: int,
+    progress: bool,
+    description: str,
+    steps_before: int = 0,
+    hooks: Sequence[Callable[[int, torch.Tensor], None] | None] = (),
 ) -> tuple[list[float], list[list[float]]]:
     """One epoch for every member: the members' mean training losses and, per member, its loss
-    at every step (for the divergence check), read back in one synchronisation."""
+    at every step (for the divergence check), read back in one synchronisation. hooks: per
+    member (in the stack's order), None or its callbacks' `on_step`, called after each step
+    with the step number (steps_before + 1, ...) and the member's loss as a 0-d tensor."""
+    stepping = [(m, hook) for m, hook in enumerate(hooks) if hook is not None]
     trainers = group.trainers
     lead = trainers[0]
     data_config = lead.config.data
@@ -355,6 +377,11 @@ def _train_epoch(
         losses = group.step.gradients(x)
         group.optimizer_step()
         step_losses[start // batch_size] = losses.detach()
+        if stepping:
+            step = steps_before + start // batch_size + 1
+            detached = losses.detach()
+            for m, hook in stepping:
+                hook(step, detached[m])
         totals += losses * size
         bar.update(size)
     bar.close()

@@ -371,22 +371,37 @@ def check_sweep_file(raw: dict[str, Any], path: str | Path) -> None:
 # --- training: the one place a sweep trains runs.
 
 
-def train_runs(configs: Sequence[RunConfig], outs: Sequence[Path], progress: bool = False) -> list[Any]:
+def train_runs(
+    configs: Sequence[RunConfig],
+    outs: Sequence[Path],
+    progress: bool = False,
+    make_callbacks: Callable[[], Iterable[Any]] | None = None,
+    loggers: Iterable[str] = (),
+) -> list[Any]:
     """Train each config into its run folder: the one place a sweep trains. Runs with the same
-    layer sizes train stacked (`aelab.ensemble.train_ensemble`), each with its own doctor. A run
-    that diverges is marked "diverged" in its folder and the others still train; its result
-    carries the message in `extras["diverged"]`."""
+    layer sizes train stacked (`aelab.ensemble.train_ensemble`), each with its own doctor and
+    `make_callbacks()`. A run that diverges is marked "diverged" in its folder and the others
+    still train; its result carries the message in `extras["diverged"]`."""
     from aelab.doctor import Doctor
     from aelab.ensemble import train_ensemble
 
-    results = train_ensemble(configs, outs, progress=progress, make_callbacks=lambda: [Doctor()])
+    def callbacks() -> list[Any]:
+        return [*(make_callbacks() if make_callbacks is not None else ()), Doctor()]
+
+    results = train_ensemble(configs, outs, progress=progress, make_callbacks=callbacks, loggers=loggers)
     for out, result in zip(outs, results, strict=True):
         if "diverged" in result.extras:
             log.warning("%s: %s", out, result.extras["diverged"])
     return results
 
 
-def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
+def _resume_or_restart(
+    point: GridPoint,
+    run_dir: Path,
+    progress: bool,
+    make_callbacks: Callable[[], Iterable[Any]] | None = None,
+    loggers: Iterable[str] = (),
+) -> None:
     """Finish a run folder left unfinished (killed mid-run) from its last checkpoint. Its doctor
     then checks the finished run from the folder alone."""
     from aelab.doctor import recheck_run
@@ -394,7 +409,7 @@ def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
     from aelab.train import resume
 
     try:
-        resume(run_dir, progress=progress)
+        resume(run_dir, progress=progress, callbacks=make_callbacks() if make_callbacks else (), loggers=loggers)
     except DivergenceError as error:
         log.warning("%s: %s", run_dir, error)
         return
@@ -431,6 +446,8 @@ def run_sweep(
     progress: bool = False,
     echo: Callable[[str], None] | None = None,
     extend: bool = False,
+    make_callbacks: Callable[[], Iterable[Any]] | None = None,
+    loggers: Iterable[str] = (),
 ) -> SweepResult:
     """Train every grid point of `spec` that is not finished yet into `out/NAME`, evaluate all
     runs on their validation split (`aelab.evaluate.evaluate_run`) and write results.csv and
@@ -439,9 +456,15 @@ def run_sweep(
     `out` may be a sweep folder made with this spec (or holding it among the specs it was
     extended with): its unfinished runs are finished. One made with another spec is refused
     with a RunFolderError, unless `extend` adds `spec` to the sweep: the results then cover
-    the runs of every spec. A folder that holds other things and no sweep.yaml is refused."""
+    the runs of every spec. A folder that holds other things and no sweep.yaml is refused.
+
+    make_callbacks: called once per run trained or resumed, for `aelab.Callback`s of its own
+    (each run also gets a doctor); loggers: names in `aelab.LOGGERS` for every run folder
+    (besides metrics.jsonl), as `aelab.train`'s."""
+    from aelab.callbacks import check_loggers
     from aelab.evaluate import evaluate_runs
 
+    loggers = check_loggers(loggers)
     say = echo or (lambda line: None)
     out = Path(out)
     spec.points()  # a grid point that is not a valid config is refused before anything is written
@@ -471,11 +494,11 @@ def run_sweep(
     say(f"sweep {out}: {_runs(len(points))} ({counts})")
     for point in unfinished:
         say(f"resuming {point.name}")
-        _resume_or_restart(point, out / point.name, progress)
+        _resume_or_restart(point, out / point.name, progress, make_callbacks, loggers)
     if fresh:
         started = time.perf_counter()
         say(f"training {_runs(len(fresh))}: {', '.join(p.name for p in fresh)}")
-        train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress)
+        train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress, make_callbacks, loggers)
         say(f"trained {_runs(len(fresh))} in {time.perf_counter() - started:.1f} s")
 
     evaluations = evaluate_runs([out / p.name for p in points])

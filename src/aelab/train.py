@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from aelab.callbacks import Callback, Logger, build_loggers, check_loggers, epoch_extras, step_hook
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, check_data_config, data_for_run, data_for_training, load_dataset, prepare_batch
 from aelab.data.datasets import ImagesLike
@@ -55,7 +57,6 @@ from aelab.runs import (
     save_config,
     save_model,
     upgrade_config_dict,
-    write_metrics,
     write_status,
 )
 
@@ -240,8 +241,10 @@ class Trainer:
             self.binarize_generator,
         )
 
-    def train_epoch(self, progress: bool = False) -> float:
-        """One pass over the training set in a fresh seeded order; the mean training loss."""
+    def train_epoch(self, progress: bool = False, on_step: Callable[[int, torch.Tensor], None] | None = None) -> float:
+        """One pass over the training set in a fresh seeded order; the mean training loss.
+        on_step(step, loss): called after every step with the run's step number (from 1, over
+        all epochs) and the batch's mean loss as a 0-d tensor (`Callback.on_step`)."""
         self.model.train()
         train = self.config.train
         count = self.train_images.shape[0]
@@ -260,11 +263,14 @@ class Trainer:
         # per epoch only, so the device is not synchronised on every step.
         check_every = 1 if self.device.type == "cpu" else max(1, steps // DIVERGENCE_CHECKS_PER_EPOCH)
         checked = 0
+        first_step = self.epoch * steps + 1
         try:
             for step, start in enumerate(range(0, count, train.batch_size)):
                 indices = order[start : start + train.batch_size]
                 loss = self.train_step(self.batch(indices))
                 step_losses[step] = loss
+                if on_step is not None:
+                    on_step(first_step + step, loss)
                 total += loss * indices.shape[0]
                 bar.update(indices.shape[0])
                 if step + 1 - checked >= check_every or step + 1 == steps:
@@ -376,9 +382,11 @@ class Trainer:
             **{f"val_{name}": value for name, value in means.items()},
         }
 
-    def run_epoch(self, progress: bool = False) -> dict[str, Any]:
+    def run_epoch(
+        self, progress: bool = False, on_step: Callable[[int, torch.Tensor], None] | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
-        return self.record_epoch(self.train_epoch(progress), started)
+        return self.record_epoch(self.train_epoch(progress, on_step), started)
 
     def record_epoch(self, train_loss: float, started: float) -> dict[str, Any]:
         """Evaluate, append the epoch's metrics row to the history and track the best epoch."""
@@ -515,19 +523,6 @@ class Trainer:
         self.history = history
 
 
-class Callback:
-    """Hooks into a training run; override what you need. Raising an AelabError stops the run."""
-
-    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
-        pass
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], run_dir: Path | None) -> None:
-        pass
-
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
-        pass
-
-
 def train(
     config: RunConfig,
     out: str | Path | None = None,
@@ -536,6 +531,7 @@ def train(
     progress: bool = True,
     overwrite: bool = False,
     callbacks: Iterable[Callback] = (),
+    loggers: Iterable[str] = (),
     doctor: bool = True,
     report: bool = True,
 ) -> TrainResult:
@@ -550,13 +546,18 @@ def train(
         folder take the same images as `data=` (`resume`, `aelab.doctor.recheck_run`,
         `aelab.report.render_report`). An ImageData from `load_dataset(config.data)` is recorded
         as that dataset.
+    callbacks: `aelab.Callback`s called during the run, in order (see `aelab.callbacks`).
+    loggers: with `out`, the names of loggers in `aelab.LOGGERS` that write every epoch's
+        metrics row into the folder besides metrics.jsonl ("jsonl"), which every run folder has.
     doctor: with `out`, run the doctor (`aelab.doctor.Doctor`, unless `callbacks` holds one),
-        which keeps findings.json in the folder; its findings go to `result.extras["findings"]`.
+        which keeps findings.json in the folder and adds its doctor_* numbers to each metrics
+        row; its findings go to `result.extras["findings"]`.
     report: with `out`, write report.html when the run finishes; `result.extras["report"]` is
         its path.
     Returns the trained model (the best epoch's weights when early stopping is on) and its
     per-epoch metrics history."""
     check_config(config, data_keys=data is None)
+    loggers = check_loggers(loggers, has_folder=out is not None)
     data_config, data = data_for_training(config.data, data)
     config = dataclasses.replace(config, data=data_config)
     # The folder's lock is taken before --overwrite clears it and held for the whole run.
@@ -570,12 +571,23 @@ def train(
                 check_free_space(run_dir, estimate_run_bytes(trainer))
                 save_config(run_dir, config)
                 write_status(run_dir, "running", epochs_done=0, threads=trainer.threads)
-            return _train_loop(trainer, run_dir, progress, _run_callbacks(list(callbacks), run_dir, doctor, report))
+            callbacks = run_callbacks(callbacks, run_dir, loggers, doctor=doctor, report=report)
+            return _train_loop(trainer, run_dir, progress, callbacks)
 
 
-def _run_callbacks(callbacks: list[Callback], run_dir: Path | None, doctor: bool, report: bool) -> list[Callback]:
-    """The callbacks of a run: the user's, then the doctor (unless one is among them) and the
-    report writer, which comes last so that the report shows the final findings."""
+def run_callbacks(
+    callbacks: Iterable[Callback],
+    run_dir: Path | None,
+    loggers: Iterable[str] = (),
+    *,
+    doctor: bool = False,
+    report: bool = False,
+) -> list[Callback]:
+    """The callbacks of one run: with a run folder its loggers first (metrics.jsonl and those
+    named in `loggers`: on a resume they drop the rows of lost epochs before anything else
+    runs), then the user's, then the doctor (unless one is among them) and the report
+    writer, which comes last so that the report shows the final findings."""
+    callbacks = list(callbacks)
     if run_dir is None:
         return callbacks
     # Imported here: the doctor and the report are built on top of training.
@@ -586,7 +598,7 @@ def _run_callbacks(callbacks: list[Callback], run_dir: Path | None, doctor: bool
         callbacks.append(Doctor())
     if report:
         callbacks.append(ReportWriter())
-    return callbacks
+    return [*build_loggers(loggers), *callbacks]
 
 
 def resume(
@@ -595,6 +607,7 @@ def resume(
     data: ImagesLike | None = None,
     progress: bool = True,
     callbacks: Iterable[Callback] = (),
+    loggers: Iterable[str] = (),
 ) -> TrainResult:
     """Continue a run folder from its last checkpoint and finish it, as `train` would have.
 
@@ -606,9 +619,12 @@ def resume(
     would diverge the same way). `data` skips reading the dataset (it must be config.data's);
     a run trained on images passed in memory needs them again (the same images: their
     fingerprint is checked). `result.extras["resumed_from_epoch"]` says where training picked up.
+    callbacks and loggers as for `train` (no doctor and no report: `aelab.doctor.recheck_run`
+    and `aelab.report.render_report` look at the finished folder).
     Raises RunFolderError when the folder has no usable config or its checkpoint does not match.
     """
     run_dir = Path(run_dir)
+    loggers = check_loggers(loggers)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
     if (run_dir / SWEEP_FILE).exists():
@@ -666,9 +682,8 @@ def resume(
                 "resuming %s after epoch %d of %d on %d threads",
                 run_dir, resumed_from, config.train.epochs, trainer.threads,
             )  # fmt: skip
-            write_metrics(run_dir, trainer.history)  # drop rows written after the checkpoint
             write_status(run_dir, "running", epochs_done=trainer.epoch, threads=trainer.threads)
-            result = _train_loop(trainer, run_dir, progress, list(callbacks))
+            result = _train_loop(trainer, run_dir, progress, run_callbacks(callbacks, run_dir, loggers))
     result.extras["resumed_from_epoch"] = resumed_from
     return result
 
@@ -715,9 +730,10 @@ def _train_loop(trainer: Trainer, run_dir: Path | None, progress: bool, callback
         if run_dir is not None:
             write_status(run_dir, "stopped", epochs_done=trainer.epoch, message=str(error))
         raise
+    on_step = step_hook(callbacks, trainer)
     while not trainer.should_stop:
         try:
-            row = trainer.run_epoch(progress)
+            row = trainer.run_epoch(progress, on_step)
         except DivergenceError as error:
             raise record_divergence(trainer, run_dir, error) from None
         end_epoch(trainer, row, run_dir, progress, callbacks)
@@ -732,11 +748,11 @@ def end_epoch(
     callbacks: list[Callback],
     echo: bool = True,
 ) -> None:
-    """After an epoch's row is recorded: callbacks, the log line, and the run folder's files.
-    The checkpoint is written before the metrics, so metrics.jsonl never runs ahead of it."""
+    """After an epoch's row is recorded: the callbacks' additions merged into the row (and so
+    into the history), the log line, the checkpoint, then the loggers and the status. The
+    checkpoint is written before the loggers, so metrics.jsonl never runs ahead of it."""
     config = trainer.config
-    for callback in callbacks:
-        callback.on_epoch_end(trainer, row, run_dir)
+    row.update(epoch_extras(callbacks, trainer, row, run_dir))
     message = (
         f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
         f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
@@ -746,7 +762,11 @@ def end_epoch(
     log.info(message)
     if run_dir is not None:
         trainer.save_checkpoint(run_dir)
-        write_metrics(run_dir, trainer.history)
+    logged = MappingProxyType(row)
+    for callback in callbacks:
+        if isinstance(callback, Logger):
+            callback.log_epoch(trainer, logged, run_dir)
+    if run_dir is not None:
         write_status(run_dir, "running", epochs_done=trainer.epoch, threads=trainer.threads)
 
 

@@ -6,6 +6,7 @@ exploding gradients, NaN/Inf. `measure` takes the numbers on a fixed probe batch
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -571,7 +572,7 @@ def config_setup(
 class Doctor(Callback):
     """Runs the doctor during `aelab.train`: the pre-training checks at the start, the state
     checks after every epoch on a fixed probe batch (the first PROBE_IMAGES validation images),
-    a few monitor numbers added to each metrics row (doctor_*), and findings.json kept current
+    a few monitor numbers returned for each metrics row (doctor_*), and findings.json kept current
     in the run folder. `findings` holds the latest list.
 
     strict: stop the run before its first step when the pre-training checks find an
@@ -624,9 +625,9 @@ class Doctor(Callback):
             merge_and_save(run_dir, self.findings)
         return state
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any], run_dir: Path | None) -> None:
+    def on_epoch_end(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
         state = self._update(trainer, run_dir)
-        row.update({key: finite(value) for key, value in state.summary().items()})
+        return {key: finite(value) for key, value in state.summary().items()}
 
     def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
         if trainer.best_state is not None:  # the best epoch's weights were restored: look at them
