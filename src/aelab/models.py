@@ -197,7 +197,9 @@ def build_model(
     if config.init not in INITS:
         raise ConfigError(f"unknown init {config.init!r}; valid: {', '.join(INITS)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # The CPU generator only: torch.manual_seed would also (re)seed every GPU's generator,
+        # which this scope does not restore.
+        torch.random.default_generator.manual_seed(seed)
         model = MODELS[config.kind](config, image_shape)
         init = INITS[config.init]
         if init is not None:

@@ -24,8 +24,8 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,18 +69,20 @@ RESULTS_JSON = "results.json"
 SWEEP_FILES = (SWEEP_FILE, RESULTS_CSV, RESULTS_JSON, REPORT_FILE)
 MODEL_FORMAT = "aelab-model-1"
 CHECKPOINT_FORMAT = "aelab-checkpoint-1"
+# Random temporary names tried before giving up (as tempfile does; a clash is one in 4e9).
+TEMPORARY_NAME_ATTEMPTS = 100
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half.
 
-    A failed write (disk full, permissions) leaves the old file as it was, removes the
-    temporary file and raises RunFolderError with the reason."""
+    The file gets the mode open() would give it (0o666 less the umask). A failed write (disk
+    full, permissions) leaves the old file as it was, removes the temporary file and raises
+    RunFolderError with the reason."""
     path = Path(path)
-    temporary: str | None = None
+    temporary: Path | None = None
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would
+        handle, temporary = _create_temporary(path)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -88,7 +90,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):
             reason = error.strerror or str(error)
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -99,10 +101,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.NAME.XXXXXXXX.tmp` beside `path`, open for writing: (descriptor, path).
+
+    Created as open() creates a file, mode 0o666 that the kernel reduces by the umask (or a
+    default ACL), so the file ends with the mode a plain write would give it. (tempfile.mkstemp
+    makes 0600, and learning the umask to widen that means setting it for the whole process,
+    which races with other threads creating files.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(TEMPORARY_NAME_ATTEMPTS):
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(path.parent))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
