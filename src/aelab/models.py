@@ -119,7 +119,9 @@ class ConvAutoencoder(Autoencoder):
         super().__init__()
         self._setup_activations(config)
         if config.tied:
-            raise ConfigError("model.tied applies to dense models only; drop --tied or use --model dense")
+            raise ConfigError(
+                template="model.tied applies to dense models only; drop {model.tied} or use {model.kind:dense}"
+            )
         self.image_shape = image_shape
         channels, height, width = image_shape
         steps = len(config.hidden_dims)

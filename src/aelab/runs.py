@@ -10,7 +10,7 @@ A run folder describes itself:
     report.html          the run's report (aelab.report)
     .aelab.lock          held (fcntl) by the process writing the folder; removed when it is done
 
-These names (RUN_FILES) are the only files `--overwrite` may delete: a folder holding anything
+These names (RUN_FILES) are the only files `overwrite` may delete: a folder holding anything
 else, or a sweep folder (it holds sweep.yaml), is refused as a run folder to replace.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
@@ -56,7 +56,7 @@ FINDINGS_FILE = "findings.json"
 REPORT_FILE = "report.html"
 LOCK_FILE = ".aelab.lock"
 WRITE_PROBE = ".aelab-write-test"
-# Every file aelab writes in a run folder, and so all that `--overwrite` may delete there (with
+# Every file aelab writes in a run folder, and so all that `overwrite` may delete there (with
 # the temporaries `.NAME.*.tmp` that an interrupted atomic write of one of them leaves).
 RUN_FILES = (
     CONFIG_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, STATUS_FILE, FINDINGS_FILE, REPORT_FILE,
@@ -342,7 +342,9 @@ def load_run(path: str | Path) -> Run:
     are read: any other file in the folder (a pickle, say) is never opened."""
     run_dir = Path(path)
     if not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+        raise RunFolderError(
+            template="{folder} is not a run folder; pass the folder that {train} wrote", folder=run_dir
+        )
     source, tensors, metadata = _weights_source(run_dir)
     try:
         config = RunConfig.from_dict(upgrade_config_dict(json.loads(metadata["config"])))
@@ -407,14 +409,18 @@ def check_replaceable(run_dir: Path) -> None:
     file or folder aelab did not write), so nothing the user had there is ever deleted."""
     if (run_dir / SWEEP_FILE).exists():
         raise RunFolderError(
-            f"{run_dir} is a sweep folder (it holds {SWEEP_FILE}), not a run folder; "
-            f"`aelab compare --out {run_dir}` resumes it, or choose another --out"
+            template="{folder} is a sweep folder (it holds {sweep_file}), not a run folder; "
+            "{run_sweep:{folder}} resumes it, or choose another {out}",
+            folder=run_dir,
+            sweep_file=SWEEP_FILE,
         )
     foreign = foreign_entries(run_dir)
     if foreign:
         raise RunFolderError(
-            f"run folder {run_dir} holds {describe_entries(foreign)}, which aelab did not write; "
-            "--overwrite only replaces a run folder's own files: choose another --out"
+            template="run folder {folder} holds {entries}, which aelab did not write; "
+            "{overwrite} only replaces a run folder's own files: choose another {out}",
+            folder=run_dir,
+            entries=describe_entries(foreign),
         )
 
 
@@ -425,16 +431,18 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
     going in another process is refused rather than deleted."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+        raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=run_dir)
     # A folder that holds only our lock file (a run refused before it wrote anything) is empty.
     if run_dir.exists() and any(child.name not in (LOCK_FILE, WRITE_PROBE) for child in run_dir.iterdir()):
         check_replaceable(run_dir)
         if not overwrite:
             state = read_status(run_dir).get("state")
-            hint = (
-                f"continue it with `aelab train --resume {run_dir}`" if state == "running" else "choose another --out"
+            hint = "continue it with {resume:{folder}}" if state == "running" else "choose another {out}"
+            raise RunFolderError(
+                template="run folder {folder} already exists ({state}); " + hint + " or pass {overwrite}",
+                folder=run_dir,
+                state=state,
             )
-            raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
         for child in run_dir.iterdir():
             if child.name != LOCK_FILE and child.is_file():
                 child.unlink()
@@ -445,7 +453,9 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
         probe.unlink()
     except OSError as error:
         raise RunFolderError(
-            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+            folder=run_dir,
+            reason=error.strerror,
         ) from None
     return run_dir
 
@@ -459,14 +469,16 @@ def claim_run_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     so a folder that is not aelab's is refused without a trace."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+        raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=run_dir)
     if run_dir.is_dir():
         check_replaceable(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(
-            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+            folder=run_dir,
+            reason=error.strerror,
         ) from None
     with run_lock(run_dir):
         yield prepare_run_dir(run_dir, overwrite=overwrite)
@@ -480,8 +492,11 @@ def check_free_space(run_dir: Path, needed_bytes: int) -> None:
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
         raise RunFolderError(
-            f"only {free / 1e6:.1f} MB free on the disk holding {run_dir}, and this run writes about "
-            f"{needed_bytes / 1e6:.1f} MB; free some space or choose another --out"
+            template="only {free:.1f} MB free on the disk holding {folder}, and this run writes about "
+            "{needed:.1f} MB; free some space or choose another {out}",
+            free=free / 1e6,
+            folder=run_dir,
+            needed=needed_bytes / 1e6,
         )
 
 
@@ -516,15 +531,18 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
             raise RunFolderError(
-                f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+                template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+                folder=run_dir,
+                reason=error.strerror,
             ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(descriptor)
             raise RunFolderError(
-                f"run folder {run_dir} is being trained by another process right now; "
-                "wait for it to end or choose another --out"
+                template="run folder {folder} is being trained by another process right now; "
+                "wait for it to end or choose another {out}",
+                folder=run_dir,
             ) from None
         if _is_file_at(descriptor, path):
             break
