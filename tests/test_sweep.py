@@ -39,7 +39,7 @@ def test_grid_values_are_typed_by_their_field():
     ("items", "message"),
     [
         (["los=bce"], "unknown grid key 'los'"),
-        (["loss"], "--grid takes KEY=VALUE"),
+        (["loss"], "the grid takes KEY=VALUE"),
         (["lr=fast"], "grid key lr: 'fast' is not a number"),
         (["lr=0.1", "train.learning_rate=0.2"], "name the same field"),
         (["loss=hinge"], "unknown loss 'hinge'"),

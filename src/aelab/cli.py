@@ -20,7 +20,14 @@ from typing import Any, NoReturn
 
 from aelab import __version__
 from aelab.config import DEFAULT_VAL_FRACTION, RunConfig, parse_number
-from aelab.errors import AelabError, ConfigError, DivergenceError, RunFolderError, SetupFindingsError
+from aelab.errors import (
+    AelabError,
+    ConfigError,
+    DivergenceError,
+    RunFolderError,
+    SetupFindingsError,
+    python_words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,34 @@ RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
     ),
     ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step)"),
 ]
+
+
+# How the command line names what an error tells the user to change: a config key by its flag
+# ("--engine auto"), the Python API's parameters and calls (aelab.errors.PYTHON_WORDS) by the
+# flags and commands that do the same. `command_words` renders an AelabError's template.
+CONFIG_FLAGS = {f"{section}.{key}": flag for flag, section, key, _, _ in RUN_OPTIONS} | {"model.tied": "--tied"}
+COMMAND_WORDS = {
+    "out": "--out",
+    "overwrite": "--overwrite",
+    "extend": "--extend",
+    "grid": "--grid",
+    "train": "`aelab train --out`",
+    "retrain": "`aelab train --out {value} --overwrite` and your options",
+    "resume": "`aelab train --resume {value}`",
+    "run_sweep": "`aelab compare --out {value}`",
+    "resume_sweep": "`aelab compare --out {value}` alone",
+}
+
+
+def command_words(name: str, value: str | None = None) -> str:
+    """A setting as the command line names it: "--engine auto", "--overwrite"; a config key
+    with no flag as a --config file names it ("data.scale: auto")."""
+    if name in COMMAND_WORDS:
+        return COMMAND_WORDS[name].format(value=value)
+    flag = CONFIG_FLAGS.get(name)
+    if flag is None:
+        return python_words(name, value)
+    return flag if value is None else f"{flag} {value}"
 
 
 # What --help shows as each run option's value (else the config key in capitals).
@@ -287,11 +322,7 @@ def flag_setting(args: argparse.Namespace) -> Callable[[str, str | None], str]:
             if args.raw_pixels:
                 return "drop --raw-pixels"
             return f"data.scale: auto in {args.config}" if args.config else "data.scale: auto"
-        section, _, name = key.partition(".")
-        flag = next((flag for flag, s, k, _, _ in RUN_OPTIONS if (s, k) == (section, name)), None)
-        if flag is None:
-            return key if value is None else f"{key}: {value}"
-        return flag if value is None else f"{flag} {value}"
+        return command_words(key, value)
 
     return setting
 
@@ -741,10 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except DivergenceError as error:
-        print(f"aelab: diverged: {error}", file=sys.stderr)
+        print(f"aelab: diverged: {error.render(command_words)}", file=sys.stderr)
         return EXIT_DIVERGED
     except AelabError as error:
-        print(f"aelab: error: {error}", file=sys.stderr)
+        print(f"aelab: error: {error.render(command_words)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"aelab: interrupted{interrupted_hint(args)}", file=sys.stderr)

@@ -549,7 +549,9 @@ def choose_engine(engine: str, model: torch.nn.Module) -> str:
     if problem is None:
         return "fast"
     if engine == "fast":
-        raise ConfigError(f"train.engine fast cannot train this model: {problem}; use --engine auto")
+        raise ConfigError(
+            template="train.engine fast cannot train this model: {problem}; use {train.engine:auto}", problem=problem
+        )
     return "autograd"
 
 

@@ -119,7 +119,9 @@ class ConvAutoencoder(Autoencoder):
         super().__init__()
         self._setup_activations(config)
         if config.tied:
-            raise ConfigError("model.tied applies to dense models only; drop --tied or use --model dense")
+            raise ConfigError(
+                template="model.tied applies to dense models only; drop {model.tied} or use {model.kind:dense}"
+            )
         self.image_shape = image_shape
         channels, height, width = image_shape
         steps = len(config.hidden_dims)
@@ -197,7 +199,9 @@ def build_model(
     if config.init not in INITS:
         raise ConfigError(f"unknown init {config.init!r}; valid: {', '.join(INITS)}")
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # The CPU generator only: torch.manual_seed would also (re)seed every GPU's generator,
+        # which this scope does not restore.
+        torch.random.default_generator.manual_seed(seed)
         model = MODELS[config.kind](config, image_shape)
         init = INITS[config.init]
         if init is not None:

@@ -10,7 +10,7 @@ A run folder describes itself:
     report.html          the run's report (aelab.report)
     .aelab.lock          held (fcntl) by the process writing the folder; removed when it is done
 
-These names (RUN_FILES) are the only files `--overwrite` may delete: a folder holding anything
+These names (RUN_FILES) are the only files `overwrite` may delete: a folder holding anything
 else, or a sweep folder (it holds sweep.yaml), is refused as a run folder to replace.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
@@ -24,8 +24,8 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -56,7 +56,7 @@ FINDINGS_FILE = "findings.json"
 REPORT_FILE = "report.html"
 LOCK_FILE = ".aelab.lock"
 WRITE_PROBE = ".aelab-write-test"
-# Every file aelab writes in a run folder, and so all that `--overwrite` may delete there (with
+# Every file aelab writes in a run folder, and so all that `overwrite` may delete there (with
 # the temporaries `.NAME.*.tmp` that an interrupted atomic write of one of them leaves).
 RUN_FILES = (
     CONFIG_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, STATUS_FILE, FINDINGS_FILE, REPORT_FILE,
@@ -69,18 +69,20 @@ RESULTS_JSON = "results.json"
 SWEEP_FILES = (SWEEP_FILE, RESULTS_CSV, RESULTS_JSON, REPORT_FILE)
 MODEL_FORMAT = "aelab-model-1"
 CHECKPOINT_FORMAT = "aelab-checkpoint-1"
+# Random temporary names tried before giving up (as tempfile does; a clash is one in 4e9).
+TEMPORARY_NAME_ATTEMPTS = 100
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never half.
 
-    A failed write (disk full, permissions) leaves the old file as it was, removes the
-    temporary file and raises RunFolderError with the reason."""
+    The file gets the mode open() would give it (0o666 less the umask). A failed write (disk
+    full, permissions) leaves the old file as it was, removes the temporary file and raises
+    RunFolderError with the reason."""
     path = Path(path)
-    temporary: str | None = None
+    temporary: Path | None = None
     try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode open() would
+        handle, temporary = _create_temporary(path)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -88,7 +90,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.replace(temporary, path)
     except BaseException as error:
         if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
         if isinstance(error, OSError):
             reason = error.strerror or str(error)
             full = error.errno in (errno.ENOSPC, errno.EDQUOT)
@@ -99,10 +101,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, empty `.NAME.XXXXXXXX.tmp` beside `path`, open for writing: (descriptor, path).
+
+    Created as open() creates a file, mode 0o666 that the kernel reduces by the umask (or a
+    default ACL), so the file ends with the mode a plain write would give it. (tempfile.mkstemp
+    makes 0600, and learning the umask to widen that means setting it for the whole process,
+    which races with other threads creating files.)"""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(TEMPORARY_NAME_ATTEMPTS):
+        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", str(path.parent))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -329,7 +342,9 @@ def load_run(path: str | Path) -> Run:
     are read: any other file in the folder (a pickle, say) is never opened."""
     run_dir = Path(path)
     if not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+        raise RunFolderError(
+            template="{folder} is not a run folder; pass the folder that {train} wrote", folder=run_dir
+        )
     source, tensors, metadata = _weights_source(run_dir)
     try:
         config = RunConfig.from_dict(upgrade_config_dict(json.loads(metadata["config"])))
@@ -394,14 +409,18 @@ def check_replaceable(run_dir: Path) -> None:
     file or folder aelab did not write), so nothing the user had there is ever deleted."""
     if (run_dir / SWEEP_FILE).exists():
         raise RunFolderError(
-            f"{run_dir} is a sweep folder (it holds {SWEEP_FILE}), not a run folder; "
-            f"`aelab compare --out {run_dir}` resumes it, or choose another --out"
+            template="{folder} is a sweep folder (it holds {sweep_file}), not a run folder; "
+            "{run_sweep:{folder}} resumes it, or choose another {out}",
+            folder=run_dir,
+            sweep_file=SWEEP_FILE,
         )
     foreign = foreign_entries(run_dir)
     if foreign:
         raise RunFolderError(
-            f"run folder {run_dir} holds {describe_entries(foreign)}, which aelab did not write; "
-            "--overwrite only replaces a run folder's own files: choose another --out"
+            template="run folder {folder} holds {entries}, which aelab did not write; "
+            "{overwrite} only replaces a run folder's own files: choose another {out}",
+            folder=run_dir,
+            entries=describe_entries(foreign),
         )
 
 
@@ -412,16 +431,18 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
     going in another process is refused rather than deleted."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+        raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=run_dir)
     # A folder that holds only our lock file (a run refused before it wrote anything) is empty.
     if run_dir.exists() and any(child.name not in (LOCK_FILE, WRITE_PROBE) for child in run_dir.iterdir()):
         check_replaceable(run_dir)
         if not overwrite:
             state = read_status(run_dir).get("state")
-            hint = (
-                f"continue it with `aelab train --resume {run_dir}`" if state == "running" else "choose another --out"
+            hint = "continue it with {resume:{folder}}" if state == "running" else "choose another {out}"
+            raise RunFolderError(
+                template="run folder {folder} already exists ({state}); " + hint + " or pass {overwrite}",
+                folder=run_dir,
+                state=state,
             )
-            raise RunFolderError(f"run folder {run_dir} already exists ({state}); {hint} or pass --overwrite")
         for child in run_dir.iterdir():
             if child.name != LOCK_FILE and child.is_file():
                 child.unlink()
@@ -432,7 +453,9 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
         probe.unlink()
     except OSError as error:
         raise RunFolderError(
-            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+            folder=run_dir,
+            reason=error.strerror,
         ) from None
     return run_dir
 
@@ -446,14 +469,16 @@ def claim_run_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     so a folder that is not aelab's is refused without a trace."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --out")
+        raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=run_dir)
     if run_dir.is_dir():
         check_replaceable(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RunFolderError(
-            f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+            folder=run_dir,
+            reason=error.strerror,
         ) from None
     with run_lock(run_dir):
         yield prepare_run_dir(run_dir, overwrite=overwrite)
@@ -467,8 +492,11 @@ def check_free_space(run_dir: Path, needed_bytes: int) -> None:
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
         raise RunFolderError(
-            f"only {free / 1e6:.1f} MB free on the disk holding {run_dir}, and this run writes about "
-            f"{needed_bytes / 1e6:.1f} MB; free some space or choose another --out"
+            template="only {free:.1f} MB free on the disk holding {folder}, and this run writes about "
+            "{needed:.1f} MB; free some space or choose another {out}",
+            free=free / 1e6,
+            folder=run_dir,
+            needed=needed_bytes / 1e6,
         )
 
 
@@ -503,15 +531,18 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
             raise RunFolderError(
-                f"cannot write to run folder {run_dir}: {error.strerror}; choose a writable --out"
+                template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+                folder=run_dir,
+                reason=error.strerror,
             ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(descriptor)
             raise RunFolderError(
-                f"run folder {run_dir} is being trained by another process right now; "
-                "wait for it to end or choose another --out"
+                template="run folder {folder} is being trained by another process right now; "
+                "wait for it to end or choose another {out}",
+                folder=run_dir,
             ) from None
         if _is_file_at(descriptor, path):
             break

@@ -179,11 +179,17 @@ def parse_grid(items: Iterable[str]) -> dict[str, tuple[Any, ...]]:
     for item in items:
         key, equals, values = item.partition("=")
         if not equals or not key.strip() or not values.strip():
-            raise ConfigError(f"--grid takes KEY=VALUE,VALUE,... like loss=bce,mse; got {item!r}")
+            raise ConfigError(template="{grid} takes KEY=VALUE,VALUE,... like loss=bce,mse; got {item!r}", item=item)
         key = key.strip()
         if key in grid:
             both = ",".join([*grid[key], *split_values(values)])
-            raise ConfigError(f"--grid names {key} twice ({given[key]} and {item}); give one axis: {key}={both}")
+            raise ConfigError(
+                template="{grid} names {key} twice ({first} and {item}); give one axis: {key}={both}",
+                key=key,
+                first=given[key],
+                item=item,
+                both=both,
+            )
         grid[key], given[key] = tuple(split_values(values)), item
     return grid
 
@@ -315,8 +321,10 @@ class Sweep:
                     if points[point.name].config != point.config:
                         difference = _config_difference(point.config, points[point.name].config)
                         raise RunFolderError(
-                            f"run {point.name} of this grid has another config than the sweep's run of that "
-                            f"name ({difference}); choose another --out"
+                            template="run {name} of this grid has another config than the sweep's run of that "
+                            "name ({difference}); choose another {out}",
+                            name=point.name,
+                            difference=difference,
                         )
                     continue
                 values = {short: _config_value(point.config, key) for short, key in keys.items()}
@@ -483,8 +491,9 @@ def run_sweep(
             found = None
         if found is not None and found != point.config:
             raise RunFolderError(
-                f"run folder {run_dir} holds another config ({_config_difference(point.config, found)}); "
-                "choose another --out"
+                template="run folder {folder} holds another config ({difference}); choose another {out}",
+                folder=run_dir,
+                difference=_config_difference(point.config, found),
             )
         state = read_status(run_dir).get("state")
         (skipped if state in DONE_STATES else unfinished).append(point)
@@ -519,16 +528,19 @@ def _runs(count: int) -> str:
 
 def _check_sweep_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder; choose another --out")
+        raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=out)
     if (out / STATUS_FILE).exists():
-        raise RunFolderError(f"{out} is a run folder, not a sweep folder; choose another --out")
+        raise RunFolderError(template="{folder} is a run folder, not a sweep folder; choose another {out}", folder=out)
     if out.is_dir() and not (out / SWEEP_FILE).exists():
         # sweep.yaml is written first, so anything but an interrupted write of it is not aelab's
         foreign = [name for name in foreign_entries(out, ()) if not is_temporary_of(name, (SWEEP_FILE,))]
         if foreign:
             raise RunFolderError(
-                f"{out} holds {describe_entries(foreign)} and no {SWEEP_FILE}, so it is not a sweep folder; "
-                "choose another --out (a new or empty folder)"
+                template="{folder} holds {entries} and no {sweep_file}, so it is not a sweep folder; "
+                "choose another {out} (a new or empty folder)",
+                folder=out,
+                entries=describe_entries(foreign),
+                sweep_file=SWEEP_FILE,
             )
 
 
@@ -549,8 +561,10 @@ def _sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
     else:
         what = f"another grid ({grid_text(recorded.grid) or 'none'} there, {grid_text(spec.grid) or 'none'} here)"
     raise RunFolderError(
-        f"sweep folder {out} was made with {what}; `aelab compare --out {out}` alone resumes it as it is, "
-        "another --out starts a new sweep, --extend adds this grid's runs to it"
+        template="sweep folder {folder} was made with {what}; {resume_sweep:{folder}} resumes it as it is, "
+        "another {out} starts a new sweep, {extend} adds this grid's runs to it",
+        folder=out,
+        what=what,
     )
 
 

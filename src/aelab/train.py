@@ -91,7 +91,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no GPU is visible to torch; use --device cpu or auto")
+        raise ConfigError(
+            template="train.device is cuda but no GPU is visible to torch; use {train.device:cpu} or auto"
+        )
     return torch.device(name)
 
 
@@ -560,7 +562,7 @@ def train(
     loggers = check_loggers(loggers, has_folder=out is not None)
     data_config, data = data_for_training(config.data, data)
     config = dataclasses.replace(config, data=data_config)
-    # The folder's lock is taken before --overwrite clears it and held for the whole run.
+    # The folder's lock is taken before `overwrite` clears it and held for the whole run.
     with claim_run_dir(out, overwrite=overwrite) if out is not None else contextlib.nullcontext() as run_dir:
         if data is None:
             data = load_dataset(config.data)
@@ -626,11 +628,15 @@ def resume(
     run_dir = Path(run_dir)
     loggers = check_loggers(loggers)
     if not run_dir.is_dir():
-        raise RunFolderError(f"{run_dir} is not a run folder; pass the folder that `aelab train --out` wrote")
+        raise RunFolderError(
+            template="{folder} is not a run folder; pass the folder that {train} wrote", folder=run_dir
+        )
     if (run_dir / SWEEP_FILE).exists():
         raise RunFolderError(
-            f"{run_dir} is a sweep folder (it holds {SWEEP_FILE}), not a run folder; "
-            f"`aelab compare --out {run_dir}` resumes it"
+            template="{folder} is a sweep folder (it holds {sweep_file}), not a run folder; "
+            "{run_sweep:{folder}} resumes it",
+            folder=run_dir,
+            sweep_file=SWEEP_FILE,
         )
     status = read_status(run_dir)
     call = f"aelab.resume({str(run_dir)!r}, data=images)"
@@ -649,12 +655,17 @@ def resume(
         foreign = foreign_entries(run_dir)
         if foreign:
             raise RunFolderError(
-                f"{run_dir} is not a run folder (no {CONFIG_FILE}; it holds {describe_entries(foreign)}, which "
-                "aelab did not write); pass the folder that `aelab train --out` wrote"
+                template="{folder} is not a run folder (no {config_file}; it holds {entries}, which "
+                "aelab did not write); pass the folder that {train} wrote",
+                folder=run_dir,
+                config_file=CONFIG_FILE,
+                entries=describe_entries(foreign),
             )
         raise RunFolderError(
-            f"{run_dir} has no {CONFIG_FILE}: it was stopped before training started, or is not a run folder; "
-            f"start it again with `aelab train --out {run_dir} --overwrite` and your options"
+            template="{folder} has no {config_file}: it was stopped before training started, or is not a run "
+            "folder; start it again with {retrain:{folder}}",
+            folder=run_dir,
+            config_file=CONFIG_FILE,
         )
     try:
         config = load_config(run_dir)
