@@ -1,37 +1,14 @@
-"""Sweeps: a grid over any RunConfig fields, one run folder per grid point, a results table.
-
-A sweep is a base `RunConfig` and a grid: an ordered mapping from config keys to the values
-to try. Keys are a field's name (`loss`, `activation`, `learning_rate`, `seed`), a dotted
-`section.field` (`train.loss`) or a short alias (`lr`, `hidden`, `latent`, `dataset`). The
-sweep folder holds:
-
-    sweep.yaml      the base config and the grid, so the folder describes itself (a sweep
-                    extended with another grid lists that one under `extended`)
-    NAME/           one run folder per grid point, NAME built from the grid values
-    results.csv     one row per run: the grid values, the run's state, every metric
-    results.json    the same rows as JSON
-    report.html     the report on the same runs (aelab.report)
-
-`run_sweep(spec, out)` trains only what is missing: a finished run folder whose config
-matches is kept, a run killed mid-way is resumed (or restarted where this aelab cannot
-resume), and a finished folder is never overwritten. A sweep folder made with another
-grid or base config is refused unless `extend` adds the new grid's runs to the sweep; the
-results and the report then cover every run of every grid.
-"""
+"""The grid language: a base config and an ordered grid of config keys to values
+(`SweepSpec`), the keys' aliases and short names, value parsing, the folder name of each
+grid point, and what a sweep folder's sweep.yaml holds (`Sweep`, `read_sweep`)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
-import json
-import logging
-import math
 import re
-import time
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,26 +16,10 @@ from typing import Any
 import yaml
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number
-from aelab.errors import AelabError, ConfigError, RunFolderError
-from aelab.runs import (
-    RESULTS_CSV,
-    RESULTS_JSON,
-    STATUS_FILE,
-    SWEEP_FILE,
-    atomic_write_text,
-    describe_entries,
-    foreign_entries,
-    is_temporary_of,
-    load_config,
-    read_config_file,
-    read_status,
-    upgrade_config_dict,
-)
-
-log = logging.getLogger(__name__)
+from aelab.errors import ConfigError, RunFolderError
+from aelab.runs import SWEEP_FILE, read_config_file, upgrade_config_dict
 
 EXTENDED_KEY = "extended"  # sweep.yaml: the grids added to the sweep after the first
-DONE_STATES = ("finished", "diverged")  # a diverged run would diverge again: keep it as a result
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 ALIASES = {
@@ -368,39 +329,6 @@ def check_sweep_file(raw: dict[str, Any], path: str | Path) -> None:
             )
 
 
-# --- training: the one place a sweep trains runs.
-
-
-def train_runs(configs: Sequence[RunConfig], outs: Sequence[Path], progress: bool = False) -> list[Any]:
-    """Train each config into its run folder: the one place a sweep trains. Runs with the same
-    layer sizes train stacked (`aelab.ensemble.train_ensemble`), each with its own doctor. A run
-    that diverges is marked "diverged" in its folder and the others still train; its result
-    carries the message in `extras["diverged"]`."""
-    from aelab.doctor import Doctor
-    from aelab.ensemble import train_ensemble
-
-    results = train_ensemble(configs, outs, progress=progress, make_callbacks=lambda: [Doctor()])
-    for out, result in zip(outs, results, strict=True):
-        if "diverged" in result.extras:
-            log.warning("%s: %s", out, result.extras["diverged"])
-    return results
-
-
-def _resume_or_restart(point: GridPoint, run_dir: Path, progress: bool) -> None:
-    """Finish a run folder left unfinished (killed mid-run) from its last checkpoint. Its doctor
-    then checks the finished run from the folder alone."""
-    from aelab.doctor import recheck_run
-    from aelab.errors import DivergenceError
-    from aelab.train import resume
-
-    try:
-        resume(run_dir, progress=progress)
-    except DivergenceError as error:
-        log.warning("%s: %s", run_dir, error)
-        return
-    recheck_run(run_dir)
-
-
 def _config_difference(wanted: RunConfig, found: RunConfig) -> str:
     a, b = wanted.to_dict(), found.to_dict()
     for section in a:
@@ -408,159 +336,6 @@ def _config_difference(wanted: RunConfig, found: RunConfig) -> str:
             if a[section][key] != b[section].get(key):
                 return f"{section}.{key} is {b[section].get(key)!r} there, {a[section][key]!r} here"
     return "they differ"  # pragma: no cover
-
-
-@dataclass
-class SweepResult:
-    """What `run_sweep` did: the sweep folder, its points, the results rows, and the names of
-    the runs it trained, resumed and skipped (finished before)."""
-
-    out: Path
-    points: list[GridPoint]
-    rows: list[dict[str, Any]]
-    evaluations: list[Any] = field(default_factory=list)  # aelab.evaluate.Evaluation per point
-    trained: list[str] = field(default_factory=list)
-    resumed: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-
-def run_sweep(
-    spec: SweepSpec,
-    out: str | Path,
-    *,
-    progress: bool = False,
-    echo: Callable[[str], None] | None = None,
-    extend: bool = False,
-) -> SweepResult:
-    """Train every grid point of `spec` that is not finished yet into `out/NAME`, evaluate all
-    runs on their validation split (`aelab.evaluate.evaluate_run`) and write results.csv and
-    results.json. `echo` receives one line per run as the sweep goes.
-
-    `out` may be a sweep folder made with this spec (or holding it among the specs it was
-    extended with): its unfinished runs are finished. One made with another spec is refused
-    with a RunFolderError, unless `extend` adds `spec` to the sweep: the results then cover
-    the runs of every spec. A folder that holds other things and no sweep.yaml is refused."""
-    from aelab.evaluate import evaluate_runs
-
-    say = echo or (lambda line: None)
-    out = Path(out)
-    spec.points()  # a grid point that is not a valid config is refused before anything is written
-    sweep = _sweep_for(out, spec, extend)
-    points = sweep.points()
-
-    fresh, unfinished, skipped = [], [], []
-    for point in points:
-        run_dir = out / point.name
-        if not run_dir.exists() or not any(run_dir.iterdir()):
-            fresh.append(point)
-            continue
-        try:
-            found = load_config(run_dir)
-        except AelabError:
-            found = None
-        if found is not None and found != point.config:
-            raise RunFolderError(
-                f"run folder {run_dir} holds another config ({_config_difference(point.config, found)}); "
-                "choose another --out"
-            )
-        state = read_status(run_dir).get("state")
-        (skipped if state in DONE_STATES else unfinished).append(point)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep.to_dict(), sort_keys=False))
-    counts = f"{len(skipped)} done before, {len(unfinished)} to resume, {len(fresh)} to train"
-    say(f"sweep {out}: {_runs(len(points))} ({counts})")
-    for point in unfinished:
-        say(f"resuming {point.name}")
-        _resume_or_restart(point, out / point.name, progress)
-    if fresh:
-        started = time.perf_counter()
-        say(f"training {_runs(len(fresh))}: {', '.join(p.name for p in fresh)}")
-        train_runs([p.config for p in fresh], [out / p.name for p in fresh], progress)
-        say(f"trained {_runs(len(fresh))} in {time.perf_counter() - started:.1f} s")
-
-    evaluations = evaluate_runs([out / p.name for p in points])
-    rows = []
-    for point, evaluation in zip(points, evaluations, strict=True):
-        row = {"run": point.name, **point.values, **evaluation.summary()}
-        rows.append(row)
-        say(evaluation.line())
-    write_results(out, rows)
-    return SweepResult(
-        out, points, rows, evaluations, [p.name for p in fresh], [p.name for p in unfinished], [p.name for p in skipped]
-    )
-
-
-def _runs(count: int) -> str:
-    return f"{count} run" if count == 1 else f"{count} runs"
-
-
-def _check_sweep_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out} exists and is not a folder; choose another --out")
-    if (out / STATUS_FILE).exists():
-        raise RunFolderError(f"{out} is a run folder, not a sweep folder; choose another --out")
-    if out.is_dir() and not (out / SWEEP_FILE).exists():
-        # sweep.yaml is written first, so anything but an interrupted write of it is not aelab's
-        foreign = [name for name in foreign_entries(out, ()) if not is_temporary_of(name, (SWEEP_FILE,))]
-        if foreign:
-            raise RunFolderError(
-                f"{out} holds {describe_entries(foreign)} and no {SWEEP_FILE}, so it is not a sweep folder; "
-                "choose another --out (a new or empty folder)"
-            )
-
-
-def _sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
-    """The sweep that `spec` run into `out` makes: a new one, the folder's own (when it holds
-    `spec`), or with `extend` the folder's plus `spec`; another spec is refused."""
-    _check_sweep_folder(out)
-    recorded = read_sweep(out)
-    if recorded is None:
-        return Sweep((spec,))
-    if spec in recorded.specs:
-        return recorded
-    if extend:
-        return Sweep((*recorded.specs, spec))
-    first = recorded.specs[0]
-    if spec.base != first.base:
-        what = f"another base config ({_config_difference(spec.base, first.base)})"
-    else:
-        what = f"another grid ({grid_text(recorded.grid) or 'none'} there, {grid_text(spec.grid) or 'none'} here)"
-    raise RunFolderError(
-        f"sweep folder {out} was made with {what}; `aelab compare --out {out}` alone resumes it as it is, "
-        "another --out starts a new sweep, --extend adds this grid's runs to it"
-    )
-
-
-def write_results(out: Path, rows: list[dict[str, Any]]) -> None:
-    """results.csv (columns: the union of the rows' keys, in first-seen order; NaN and missing
-    as empty cells) and results.json (NaN as null), both written atomically."""
-    columns: list[str] = []
-    for row in rows:
-        columns.extend(key for key in row if key not in columns)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: _csv_cell(row.get(key)) for key in columns})
-    atomic_write_text(out / RESULTS_CSV, buffer.getvalue())
-    clean = [{key: _json_value(value) for key, value in row.items()} for row in rows]
-    atomic_write_text(out / RESULTS_JSON, json.dumps(clean, indent=2) + "\n")
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, (list, tuple)):
-        return "x".join(str(v) for v in value) or "none"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def read_sweep(out: str | Path) -> Sweep | None:
