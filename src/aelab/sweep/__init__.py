@@ -18,13 +18,14 @@ resume), and a finished folder is never overwritten. A sweep folder made with an
 grid or base config is refused unless `extend` adds the new grid's runs to the sweep; the
 results and the report then cover every run of every grid.
 
-The package: `grid` (the grid language, folder names, sweep.yaml), `plan` (what a sweep
-folder holds), `backends` (where runs train), `results` (results.csv, results.json) and
+The package: `grid` (the grid language, folder names, sweep.yaml), `plan` (for a sweep
+folder: the fresh, unfinished and done points, the stacked groups), `backends` (where runs
+train: `BACKENDS`, "local" today), `results` (results.csv, results.json) and
 `run` (`run_sweep`).
 """
 
 from aelab.runs import RESULTS_CSV, RESULTS_JSON, STATUS_FILE, SWEEP_FILE
-from aelab.sweep.backends import train_runs
+from aelab.sweep.backends import BACKENDS, Backend, LocalBackend, get_backend, train_runs
 from aelab.sweep.grid import (
     ALIASES,
     DEFAULT_BASE,
@@ -44,12 +45,13 @@ from aelab.sweep.grid import (
     short_key,
     split_values,
 )
-from aelab.sweep.plan import DONE_STATES
+from aelab.sweep.plan import DONE_STATES, SweepPlan, plan_sweep
 from aelab.sweep.results import write_results
 from aelab.sweep.run import SweepResult, run_sweep
 
 __all__ = [
     "ALIASES",
+    "BACKENDS",
     "DEFAULT_BASE",
     "DEFAULT_GRID",
     "DONE_STATES",
@@ -59,15 +61,20 @@ __all__ = [
     "SECTIONS",
     "STATUS_FILE",
     "SWEEP_FILE",
+    "Backend",
     "GridPoint",
+    "LocalBackend",
     "Sweep",
+    "SweepPlan",
     "SweepResult",
     "SweepSpec",
     "check_sweep_file",
+    "get_backend",
     "grid_text",
     "load_sweep_file",
     "parse_grid",
     "parse_value",
+    "plan_sweep",
     "read_sweep",
     "resolve_key",
     "run_sweep",

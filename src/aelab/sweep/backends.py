@@ -1,16 +1,67 @@
-"""Training a sweep's runs: the one place a sweep trains."""
+"""Backends: where a sweep's runs train. A backend carries out a `SweepPlan`: it resumes the
+plan's unfinished runs and trains its fresh ones (`plan.groups`: the stacked groups and the
+runs that train alone), each into its run folder; evaluating the runs and writing the
+results is `run_sweep`'s. Backends are chosen by name from `BACKENDS`; "local" trains in
+this process, as every sweep did before there were backends."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aelab.config import RunConfig
+from aelab.errors import ConfigError
 from aelab.sweep.grid import GridPoint
+from aelab.sweep.plan import SweepPlan
 
 log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What runs a sweep's plan."""
+
+    def run(self, plan: SweepPlan, *, progress: bool, say: Callable[[str], None]) -> None:
+        """Finish `plan.unfinished` and train `plan.fresh` into their folders (`plan.run_dir`),
+        telling `say` one line as each step starts. A run that diverges is marked so in its
+        folder and the others go on."""
+        ...
+
+
+class LocalBackend:
+    """Trains in this process: the unfinished runs one by one from their checkpoints, then
+    every fresh run at once through `aelab.ensemble.train_ensemble`, which stacks each of
+    the plan's groups."""
+
+    def run(self, plan: SweepPlan, *, progress: bool, say: Callable[[str], None]) -> None:
+        for point in plan.unfinished:
+            say(f"resuming {point.name}")
+            _resume_or_restart(point, plan.run_dir(point), progress)
+        if plan.fresh:
+            started = time.perf_counter()
+            say(f"training {_runs(len(plan.fresh))}: {', '.join(p.name for p in plan.fresh)}")
+            train_runs([p.config for p in plan.fresh], [plan.run_dir(p) for p in plan.fresh], progress)
+            say(f"trained {_runs(len(plan.fresh))} in {time.perf_counter() - started:.1f} s")
+
+
+# The backends by name; a backend for a cluster is one more entry.
+BACKENDS: dict[str, Callable[[], Backend]] = {"local": LocalBackend}
+
+
+def get_backend(backend: str | Backend) -> Backend:
+    """The backend called `backend` in BACKENDS (a Backend passes through). Raises ConfigError
+    naming the valid names."""
+    if not isinstance(backend, str):
+        return backend
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown sweep backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    return BACKENDS[backend]()
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def train_runs(configs: Sequence[RunConfig], outs: Sequence[Path], progress: bool = False) -> list[Any]:

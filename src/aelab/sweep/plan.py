@@ -1,15 +1,87 @@
-"""What a sweep folder holds and may take: the folder checks, and the sweep that a spec
-run into a folder makes (a new one, the folder's own, or extended)."""
+"""The plan of a sweep run into a folder: which of its points are fresh (nothing there yet),
+unfinished (a run killed mid-way, to resume) or done (finished or diverged: kept as
+results), and which fresh points train stacked together. A backend carries a plan out
+(`aelab.sweep.backends`); making one trains and writes nothing."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from aelab.errors import RunFolderError
-from aelab.runs import STATUS_FILE, SWEEP_FILE, describe_entries, foreign_entries, is_temporary_of
-from aelab.sweep.grid import Sweep, SweepSpec, _config_difference, grid_text, read_sweep
+from aelab.errors import AelabError, RunFolderError
+from aelab.runs import (
+    STATUS_FILE,
+    SWEEP_FILE,
+    describe_entries,
+    foreign_entries,
+    is_temporary_of,
+    load_config,
+    read_status,
+)
+from aelab.sweep.grid import GridPoint, Sweep, SweepSpec, _config_difference, grid_text, read_sweep
 
 DONE_STATES = ("finished", "diverged")  # a diverged run would diverge again: keep it as a result
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """What running `sweep` into the folder `out` takes: every point in order, each in one of
+    `fresh`, `unfinished` and `done`."""
+
+    out: Path
+    sweep: Sweep
+    points: tuple[GridPoint, ...]
+    fresh: tuple[GridPoint, ...]
+    unfinished: tuple[GridPoint, ...]
+    done: tuple[GridPoint, ...]
+
+    def run_dir(self, point: GridPoint) -> Path:
+        return self.out / point.name
+
+    @property
+    def groups(self) -> list[tuple[GridPoint, ...]]:
+        """The fresh points by how they train: the points with equal
+        `aelab.ensemble.group_key` as one stacked group (in the order of their first point),
+        then each point that trains alone, as `aelab.ensemble.train_ensemble` trains them."""
+        from aelab.ensemble import group_key
+
+        stacked: dict[str, list[GridPoint]] = {}
+        alone: list[GridPoint] = []
+        for point in self.fresh:
+            key = group_key(point.config)
+            if key is None:
+                alone.append(point)
+            else:
+                stacked.setdefault(key, []).append(point)
+        groups = [tuple(points) for points in stacked.values() if len(points) > 1]
+        singles = {point.name for points in stacked.values() if len(points) == 1 for point in points}
+        singles |= {point.name for point in alone}
+        return groups + [(point,) for point in self.fresh if point.name in singles]
+
+
+def plan_sweep(out: str | Path, sweep: Sweep) -> SweepPlan:
+    """Sort `sweep`'s points by what `out` holds for each. Raises RunFolderError for a run
+    folder holding another config than its point's."""
+    out = Path(out)
+    points = sweep.points()
+    fresh, unfinished, done = [], [], []
+    for point in points:
+        run_dir = out / point.name
+        if not run_dir.exists() or not any(run_dir.iterdir()):
+            fresh.append(point)
+            continue
+        try:
+            found = load_config(run_dir)
+        except AelabError:
+            found = None
+        if found is not None and found != point.config:
+            raise RunFolderError(
+                f"run folder {run_dir} holds another config ({_config_difference(point.config, found)}); "
+                "choose another --out"
+            )
+        state = read_status(run_dir).get("state")
+        (done if state in DONE_STATES else unfinished).append(point)
+    return SweepPlan(out, sweep, tuple(points), tuple(fresh), tuple(unfinished), tuple(done))
 
 
 def _check_sweep_folder(out: Path) -> None:
@@ -27,7 +99,7 @@ def _check_sweep_folder(out: Path) -> None:
             )
 
 
-def _sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
+def sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
     """The sweep that `spec` run into `out` makes: a new one, the folder's own (when it holds
     `spec`), or with `extend` the folder's plus `spec`; another spec is refused."""
     _check_sweep_folder(out)
