@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import typing
 from collections.abc import Iterable
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number
-from aelab.errors import ConfigError, RunFolderError
+from aelab.errors import ConfigError, DataError, RunFolderError
 from aelab.runs import SWEEP_FILE, read_config_file, upgrade_config_dict
 
 EXTENDED_KEY = "extended"  # sweep.yaml: the grids added to the sweep after the first
@@ -163,6 +164,26 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
 
+def check_names(config: RunConfig) -> None:
+    """Every name in `config` checked against its registry, as training would check it, with
+    no data read and no memory taken: the dataset and the data keys it reads, the loss and
+    the optimizer (`aelab.train.check_config`), the model kind, init and activations (the
+    model built on torch's meta device, on the dataset's image shape where it is known), and
+    whether train.engine can train that model. Raises ConfigError or DataError."""
+    import torch
+
+    from aelab.data import DATASETS
+    from aelab.fast import choose_engine
+    from aelab.models import build_model
+    from aelab.train import check_config
+
+    check_config(config)
+    shape = DATASETS[config.data.name].shape or (1, 28, 28)  # check_config refused an unknown name
+    with torch.device("meta"):
+        model = build_model(config.model, shape, loss=config.train.loss)
+    choose_engine(config.train.engine, model)
+
+
 @dataclass(frozen=True)
 class GridPoint:
     """One run of a sweep: its folder name, its grid values by short key, its full config."""
@@ -195,20 +216,26 @@ class SweepSpec:
 
     def points(self) -> list[GridPoint]:
         """Every combination of grid values, the first key varying slowest. Raises ConfigError
-        for a combination that is not a valid config, before anything trains."""
-        from aelab.train import check_config
-
+        (DataError for a data key) for a combination that is not a valid config, naming the
+        grid point, before anything trains: every name is checked (`check_names`)."""
         keys = list(self.grid)
+        total = math.prod(len(values) for values in self.grid.values())
         points, names = [], set()
-        for combination in itertools.product(*(self.grid[key] for key in keys)):
+        for index, combination in enumerate(itertools.product(*(self.grid[key] for key in keys)), 1):
             changes: dict[str, dict[str, Any]] = {}
             values: dict[str, Any] = {}
             for key, value in zip(keys, combination, strict=True):
                 section, name = resolve_key(key)
                 changes.setdefault(section, {})[name] = value
                 values[short_key(key)] = list(value) if isinstance(value, tuple) else value
-            config = self.base.replace(**changes)
-            check_config(config)
+            try:
+                config = self.base.replace(**changes)
+                check_names(config)
+            except (ConfigError, DataError) as error:
+                if not values:
+                    raise
+                where = " ".join(f"{short}={_format_value(v)}" for short, v in values.items())
+                raise type(error)(f"grid point {index} of {total} ({where}): {error}") from None
             name = "_".join(f"{_safe(short)}-{_safe(_format_value(v))}" for short, v in values.items()) or "run"
             if name in names:
                 raise ConfigError(f"two grid points share the folder name {name!r}; make the grid values distinct")

@@ -51,12 +51,15 @@ def run_sweep(
     backend: where the runs train, a name in `aelab.sweep.backends.BACKENDS` ("local": in this
         process) or a `Backend`."""
     from aelab.evaluate import evaluate_runs
+    from aelab.train import resolve_device
 
     say = echo or (lambda line: None)
     out = Path(out)
     runner = get_backend(backend)
     spec.points()  # a grid point that is not a valid config is refused before anything is written
     plan = plan_sweep(out, sweep_for(out, spec, extend))
+    for device in sorted({point.config.train.device for point in plan.fresh}):
+        resolve_device(device)  # train.device cuda on a machine without one fails here, not in the first run
     points = list(plan.points)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(plan.sweep.to_dict(), sort_keys=False))
