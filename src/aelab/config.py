@@ -306,3 +306,24 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+# How a run computes, not what it computes: recorded with each run (its config.yaml; the
+# thread count also in status.json and checkpoints) but not part of its identity, so a
+# finished run is the same run whatever device, thread count or engine asks for it again.
+# A resume always computes as the run's folder recorded.
+RUNTIME_KEYS = ("train.device", "train.threads", "train.engine")
+
+
+def run_identity(config: RunConfig) -> dict[str, Any]:
+    """`config.to_dict()` less the RUNTIME_KEYS: what makes a run this run."""
+    identity = config.to_dict()
+    for key in RUNTIME_KEYS:
+        section, _, name = key.partition(".")
+        del identity[section][name]
+    return identity
+
+
+def same_run(a: RunConfig, b: RunConfig) -> bool:
+    """Whether configs `a` and `b` describe the same run: equal but for the RUNTIME_KEYS."""
+    return run_identity(a) == run_identity(b)

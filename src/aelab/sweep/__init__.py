@@ -16,7 +16,10 @@ sweep folder holds:
 matches is kept, a run killed mid-way is resumed (or restarted where this aelab cannot
 resume), and a finished folder is never overwritten. A sweep folder made with another
 grid or base config is refused unless `extend` adds the new grid's runs to the sweep; the
-results and the report then cover every run of every grid.
+results and the report then cover every run of every grid. Runtime settings
+(`aelab.config.RUNTIME_KEYS`: train.device, threads, engine) are recorded with each run but
+are not part of what it is: a rerun with others keeps the finished runs, trains the missing
+ones with them, and resumes a killed run as its folder recorded.
 
 The package: `grid` (the grid language, folder names, sweep.yaml), `plan` (for a sweep
 folder: the fresh, unfinished and done points, the stacked groups), `backends` (where runs

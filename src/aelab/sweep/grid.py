@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number
+from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number, run_identity, same_run
 from aelab.errors import ConfigError, DataError, RunFolderError
 from aelab.runs import SWEEP_FILE, read_config_file, upgrade_config_dict
 
@@ -243,6 +243,11 @@ class SweepSpec:
             points.append(GridPoint(name, values, config))
         return points
 
+    def same_runs(self, other: SweepSpec) -> bool:
+        """Whether `other` makes the same runs: the same grid and a base config equal but for
+        the runtime settings (`aelab.config.RUNTIME_KEYS`)."""
+        return self.grid == other.grid and same_run(self.base, other.base)
+
     def to_dict(self) -> dict[str, Any]:
         grid = {key: [list(v) if isinstance(v, tuple) else v for v in values] for key, values in self.grid.items()}
         return {**self.base.to_dict(), "grid": grid}
@@ -300,7 +305,7 @@ class Sweep:
         for spec in self.specs:
             for point in spec.points():
                 if point.name in points:
-                    if points[point.name].config != point.config:
+                    if not same_run(points[point.name].config, point.config):
                         difference = _config_difference(point.config, points[point.name].config)
                         raise RunFolderError(
                             f"run {point.name} of this grid has another config than the sweep's run of that "
@@ -357,7 +362,8 @@ def check_sweep_file(raw: dict[str, Any], path: str | Path) -> None:
 
 
 def _config_difference(wanted: RunConfig, found: RunConfig) -> str:
-    a, b = wanted.to_dict(), found.to_dict()
+    """The first key in which two runs differ (`run_identity`: runtime settings aside)."""
+    a, b = run_identity(wanted), run_identity(found)
     for section in a:
         for key in a[section]:
             if a[section][key] != b[section].get(key):

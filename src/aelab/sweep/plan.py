@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from aelab.config import same_run
 from aelab.errors import AelabError, RunFolderError
 from aelab.runs import (
     STATUS_FILE,
@@ -74,7 +75,7 @@ def plan_sweep(out: str | Path, sweep: Sweep) -> SweepPlan:
             found = load_config(run_dir)
         except AelabError:
             found = None
-        if found is not None and found != point.config:
+        if found is not None and not same_run(found, point.config):
             raise RunFolderError(
                 f"run folder {run_dir} holds another config ({_config_difference(point.config, found)}); "
                 "choose another --out"
@@ -106,12 +107,14 @@ def sweep_for(out: Path, spec: SweepSpec, extend: bool) -> Sweep:
     recorded = read_sweep(out)
     if recorded is None:
         return Sweep((spec,))
-    if spec in recorded.specs:
-        return recorded
+    for index, known in enumerate(recorded.specs):
+        if known.same_runs(spec):
+            # The same runs, computed as `spec` says now (device, threads, engine) where any is still to train.
+            return Sweep((*recorded.specs[:index], spec, *recorded.specs[index + 1 :]))
     if extend:
         return Sweep((*recorded.specs, spec))
     first = recorded.specs[0]
-    if spec.base != first.base:
+    if not same_run(spec.base, first.base):
         what = f"another base config ({_config_difference(spec.base, first.base)})"
     else:
         what = f"another grid ({grid_text(recorded.grid) or 'none'} there, {grid_text(spec.grid) or 'none'} here)"
