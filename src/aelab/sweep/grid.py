@@ -4,33 +4,24 @@ grid point, and what a sweep folder's sweep.yaml holds (`Sweep`, `read_sweep`)."
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import re
-import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, parse_number, run_identity, same_run
+from aelab.config import ALIASES, SECTIONS, RunConfig, field_names, parse_field, run_identity, same_run
 from aelab.errors import ConfigError, DataError, RunFolderError
 from aelab.runs import SWEEP_FILE, read_config_file, upgrade_config_dict
 
 EXTENDED_KEY = "extended"  # sweep.yaml: the grids added to the sweep after the first
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-ALIASES = {
-    "lr": "train.learning_rate",
-    "hidden": "model.hidden_dims",
-    "latent": "model.latent_dim",
-    "dataset": "data.name",
-    "model": "model.kind",
-}
-_SHORT = {target: alias for alias, target in ALIASES.items() if alias not in ("dataset", "model")}
+# The aliases that name a field in folder names and results columns; the others (dataset,
+# data-path, model) leave their field's own name there (name, path, kind), as ever.
+FOLDER_ALIASES = ("lr", "hidden", "latent")
+_SHORT = {target: alias for alias, target in ALIASES.items() if alias in FOLDER_ALIASES}
 
 # `aelab compare` with no grid: the 784-100-50-100-784 autoencoder with a sigmoid output on
 # mnist-10k, four losses times two hidden activations. Adam at 1e-2 for 20 epochs takes the
@@ -51,22 +42,19 @@ DEFAULT_BASE = RunConfig.from_dict(
 DEFAULT_GRID: dict[str, tuple[Any, ...]] = {"loss": ("bce", "mse", "mae", "cb"), "activation": ("sigmoid", "relu")}
 
 
-def _field_names(section: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(SECTIONS[section])]
-
-
 def resolve_key(key: str) -> tuple[str, str]:
     """(section, field) for a grid key: "loss", "train.loss" or an alias like "lr"."""
     key = key.strip()
     target = ALIASES.get(key, key)
     if "." in target:
         section, _, name = target.partition(".")
-        if section not in SECTIONS or name not in _field_names(section):
+        if section not in SECTIONS or name not in field_names(section):
             raise ConfigError(f"unknown grid key {key!r}; use a field like train.loss or model.activation")
         return section, name
-    owners = [section for section in SECTIONS if target in _field_names(section)]
+    target = target.replace("-", "_")  # a flag's name: batch-size
+    owners = [section for section in SECTIONS if target in field_names(section)]
     if not owners:
-        known = sorted({*ALIASES, *(n for s in SECTIONS for n in _field_names(s))})
+        known = sorted({*ALIASES, *(n for s in SECTIONS for n in field_names(s))})
         raise ConfigError(f"unknown grid key {key!r}; valid keys: {', '.join(known)}")
     return owners[0], target
 
@@ -78,44 +66,16 @@ def short_key(key: str) -> str:
 
 
 def parse_value(key: str, value: Any) -> Any:
-    """A grid value as its config field wants it. Text from the command line ("1e-2", "none",
-    "[128,64]", "100") becomes a number, None or a list; YAML values pass through the same
-    checks (PyYAML reads 1e-2 as text). Numbers go through `aelab.config.parse_number`, as
-    config files and flags do."""
+    """A grid value as its config field wants it, by `aelab.config.parse_field` (the parser of
+    command-line flags too): text ("1e-2", "none", "[128,64]", "100", "auto") becomes a
+    number, None, a list or stays text; YAML values pass through the same checks (PyYAML
+    reads 1e-2 as text)."""
     section, name = resolve_key(key)
-    hint = typing.get_type_hints(SECTIONS[section])[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if optional:
-        hint = args[0]
-    if isinstance(value, str):
-        text = value.strip()
-        if optional and text.lower() in ("none", "null"):
-            return None
-        if typing.get_origin(hint) is tuple:
-            if text.lower() in ("none", "[]", ""):
-                return []
-            parsed = yaml.safe_load(text) if text.startswith("[") else text.replace("x", ",").split(",")
-            try:
-                return [parse_number(v, int) for v in (parsed if isinstance(parsed, list) else [parsed])]
-            except ValueError:
-                raise ConfigError(f"grid key {key}: {value!r} is not a list of integers like 100 or [128,64]") from None
-        if hint is bool:
-            if text.lower() not in ("true", "false"):
-                raise ConfigError(f"grid key {key}: {value!r} is not true or false")
-            return text.lower() == "true"
-        return _grid_number(key, hint, text) if hint in (int, float) else text
-    if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
-        return [value]
-    if hint in (int, float) and value is not None:
-        return _grid_number(key, hint, value)
-    return value
-
-
-def _grid_number(key: str, kind: type[int] | type[float], value: Any) -> int | float:
     try:
-        return parse_number(value, kind)
+        return parse_field(section, name, value)
     except ValueError as expected:
+        if str(expected) == "a list of integers":
+            raise ConfigError(f"grid key {key}: {value!r} is not a list of integers like 100 or [128,64]") from None
         raise ConfigError(f"grid key {key}: {value!r} is not {expected}") from None
 
 
