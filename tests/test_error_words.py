@@ -257,7 +257,7 @@ def test_values_go_in_as_they_are_and_settings_in_each_sides_words():
 
 def test_every_python_word_has_a_command_line_word_and_every_config_key_its_flag():
     assert set(COMMAND_WORDS) == set(PYTHON_WORDS)
-    for flag, section, key, _, _ in RUN_OPTIONS:
+    for flag, section, key, _ in RUN_OPTIONS:
         assert command_words(f"{section}.{key}", "x") == f"{flag} x"
         assert python_words(f"{section}.{key}", "x") == f"{section}.{key}: x"
     assert CONFIG_FLAGS["model.tied"] == "--tied"

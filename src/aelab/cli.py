@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from aelab import __version__
-from aelab.config import DEFAULT_VAL_FRACTION, RunConfig, parse_number
+from aelab.config import DEFAULT_VAL_FRACTION, RunConfig, option_name, parse_field
 from aelab.errors import (
     AelabError,
     ConfigError,
@@ -35,68 +35,54 @@ EXIT_USER_ERROR = 2
 EXIT_FINDINGS = 3  # --strict: the doctor found an error-level problem
 
 
-def parse_threads(text: str) -> int | str:
-    """--threads: '2' -> 2; 'auto', 'load' and anything else as given, for train.threads to check."""
-    text = text.strip()
-    return int(text) if text.lstrip("+-").isdigit() else text
-
-
-# (flag, section, key, type, help) for every option of a RunConfig.
-RUN_OPTIONS: list[tuple[str, str, str, Callable[[str], Any], str]] = [
-    ("--dataset", "data", "name", str, "dataset name, one of `aelab datasets`"),
-    ("--data-path", "data", "path", str, "your own images: a .npy/.npz file or a folder of PNG/JPEG files"),
-    ("--data-dir", "data", "data_dir", str, "a folder already holding a dataset's standard files"),
-    ("--binarize", "data", "binarize", str, "none, threshold or bernoulli (fresh draw each epoch)"),
-    ("--threshold", "data", "threshold", float, "threshold for --binarize threshold"),
-    ("--val-fraction", "data", "val_fraction", float, "share of your own images (--data-path) held out for validation"),
-    ("--train-limit", "data", "train_limit", int, "use only the first N training images"),
-    ("--val-limit", "data", "val_limit", int, "use only the first N validation images"),
-    ("--model", "model", "kind", str, "dense or conv"),
-    ("--hidden", "model", "hidden_dims", "dims", "hidden sizes (dense) or channels (conv), e.g. 100 or 128,64"),
-    ("--latent", "model", "latent_dim", int, "code size"),
+# (section, key, help) for every option of a RunConfig; its flag is `--` + the field's name
+# outside Python (`aelab.config.option_name`: the alias table the grid reads too).
+RUN_OPTION_HELP: list[tuple[str, str, str]] = [
+    ("data", "name", "dataset name, one of `aelab datasets`"),
+    ("data", "path", "your own images: a .npy/.npz file or a folder of PNG/JPEG files"),
+    ("data", "data_dir", "a folder already holding a dataset's standard files"),
+    ("data", "binarize", "none, threshold or bernoulli (fresh draw each epoch)"),
+    ("data", "threshold", "threshold for --binarize threshold"),
+    ("data", "val_fraction", "share of your own images (--data-path) held out for validation"),
+    ("data", "train_limit", "use only the first N training images"),
+    ("data", "val_limit", "use only the first N validation images"),
+    ("model", "kind", "dense or conv"),
+    ("model", "hidden_dims", "hidden sizes (dense) or channels (conv), e.g. 100 or 128,64"),
+    ("model", "latent_dim", "code size"),
+    ("model", "activation", "hidden activation: sigmoid, relu, leaky_relu, elu, selu, gelu, tanh, linear"),
+    ("model", "code_activation", "activation of the code layer (default: --activation)"),
+    ("model", "output_activation", "output activation, softmax allowed"),
+    ("model", "init", "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default"),
+    ("train", "loss", "bce, mse, mae or cb"),
+    ("train", "optimizer", "adam, sgd, rmsprop, adadelta or adagrad"),
+    ("train", "learning_rate", "learning rate"),
+    ("train", "momentum", "momentum for sgd and rmsprop; the other optimizers have none"),
+    ("train", "weight_decay", "L2 weight decay"),
+    ("train", "batch_size", "batch size"),
+    ("train", "epochs", "number of epochs"),
+    ("train", "seed", "random seed (init, data order, binarisation)"),
+    ("train", "patience", "stop after N epochs without a better validation loss"),
+    ("train", "device", "auto, cpu or cuda"),
     (
-        "--activation",
-        "model",
-        "activation",
-        str,
-        "hidden activation: sigmoid, relu, leaky_relu, elu, selu, gelu, tanh, linear",
-    ),
-    ("--code-activation", "model", "code_activation", str, "activation of the code layer (default: --activation)"),
-    ("--output-activation", "model", "output_activation", str, "output activation, softmax allowed"),
-    (
-        "--init",
-        "model",
-        "init",
-        str,
-        "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default",
-    ),
-    ("--loss", "train", "loss", str, "bce, mse, mae or cb"),
-    ("--optimizer", "train", "optimizer", str, "adam, sgd, rmsprop, adadelta or adagrad"),
-    ("--lr", "train", "learning_rate", float, "learning rate"),
-    ("--momentum", "train", "momentum", float, "momentum for sgd and rmsprop; the other optimizers have none"),
-    ("--weight-decay", "train", "weight_decay", float, "L2 weight decay"),
-    ("--batch-size", "train", "batch_size", int, "batch size"),
-    ("--epochs", "train", "epochs", int, "number of epochs"),
-    ("--seed", "train", "seed", int, "random seed (init, data order, binarisation)"),
-    ("--patience", "train", "patience", int, "stop after N epochs without a better validation loss"),
-    ("--device", "train", "device", str, "auto, cpu or cuda"),
-    (
-        "--threads",
         "train",
         "threads",
-        parse_threads,
         "CPU threads for torch: N; auto (default: 1 for small steps, else every core; the same weights "
         "whatever else runs); or load (fewer when other programs keep the cores busy: faster on a shared "
         "machine, but the weights then depend on that load). A resume reuses the run's count",
     ),
-    ("--engine", "train", "engine", str, "auto, autograd or fast (hand-written dense step)"),
+    ("train", "engine", "auto, autograd or fast (hand-written dense step)"),
+]
+# (flag, section, key, help) for every option of a RunConfig. Every value is parsed by
+# `aelab.config.parse_field`, as grid values are.
+RUN_OPTIONS: list[tuple[str, str, str, str]] = [
+    (f"--{option_name(section, key)}", section, key, text) for section, key, text in RUN_OPTION_HELP
 ]
 
 
 # How the command line names what an error tells the user to change: a config key by its flag
 # ("--engine auto"), the Python API's parameters and calls (aelab.errors.PYTHON_WORDS) by the
 # flags and commands that do the same. `command_words` renders an AelabError's template.
-CONFIG_FLAGS = {f"{section}.{key}": flag for flag, section, key, _, _ in RUN_OPTIONS} | {"model.tied": "--tied"}
+CONFIG_FLAGS = {f"{section}.{key}": flag for flag, section, key, _ in RUN_OPTIONS} | {"model.tied": "--tied"}
 COMMAND_WORDS = {
     "out": "--out",
     "overwrite": "--overwrite",
@@ -212,31 +198,20 @@ def _default_text(value: Any, key: str) -> str | None:
     return str(value)
 
 
-def parse_dims(text: str) -> list[int]:
-    """'100,50' -> [100, 50]; '' or 'none' -> []."""
-    text = text.strip()
-    if text.lower() in ("", "none"):
-        return []
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ConfigError(f"--hidden takes comma-separated integers like 100 or 128,64, got {text!r}") from None
-
-
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", metavar="FILE", help="a YAML file with data/model/train sections; flags override it"
     )
     defaults = RunConfig()
-    for flag, section, key, kind, text in RUN_OPTIONS:
+    for flag, section, key, text in RUN_OPTIONS:
         default = _default_text(getattr(getattr(defaults, section), key), key)
         if default is not None and "(default:" not in text:
             text = f"{text} (default: {default})"
         parser.add_argument(
             flag,
             dest=f"opt_{key}",
-            # Numbers stay text here: apply_run_flags parses them as config files are parsed.
-            type=str if kind in ("dims", int, float) else kind,
+            # Values stay text here: apply_run_flags parses them as grid values are parsed.
+            type=str,
             default=None,
             metavar=METAVARS.get(flag, key.upper()),
             help=text,
@@ -273,7 +248,7 @@ def given_run_flags(args: argparse.Namespace) -> dict[tuple[str, str], str]:
     they were typed: {("train", "loss"): "--loss mae"}."""
     given = {
         (section, key): f"{flag} {getattr(args, f'opt_{key}')}"
-        for flag, section, key, _, _ in RUN_OPTIONS
+        for flag, section, key, _ in RUN_OPTIONS
         if getattr(args, f"opt_{key}") is not None
     }
     if args.raw_pixels:
@@ -292,18 +267,16 @@ def run_config_from_args(args: argparse.Namespace) -> Any:
 
 def apply_run_flags(raw: dict[str, Any], args: argparse.Namespace) -> None:
     """Lay the run-option flags given on the command line over config sections `raw`."""
-    for flag, section, key, kind, _ in RUN_OPTIONS:
-        value = getattr(args, f"opt_{key}")
-        if value is None:
+    for flag, section, key, _ in RUN_OPTIONS:
+        text = getattr(args, f"opt_{key}")
+        if text is None:
             continue
-        if kind == "dims":
-            value = parse_dims(value)
-        elif kind in (int, float):
-            try:
-                value = parse_number(value, kind)
-            except ValueError as expected:
-                raise ConfigError(f"{flag} must be {expected}, got {value!r}") from None
-        raw[section][key] = value
+        try:
+            raw[section][key] = parse_field(section, key, text)
+        except ValueError as expected:
+            if str(expected) == "a list of integers":
+                raise ConfigError(f"{flag} takes comma-separated integers like 100 or 128,64, got {text!r}") from None
+            raise ConfigError(f"{flag} must be {expected}, got {text!r}") from None
     if args.raw_pixels:
         raw["data"]["scale"] = "none"
     if args.tied:
@@ -635,7 +608,7 @@ def command_datasets(args: argparse.Namespace) -> int:
 
 def given_flags(args: argparse.Namespace) -> list[str]:
     """The run options (and --config, --raw-pixels, --tied) given on the command line."""
-    given = [flag for flag, _, key, _, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
+    given = [flag for flag, _, key, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
     others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
     return given + [flag for flag, value in others if value]
 

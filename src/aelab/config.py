@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from aelab.errors import ConfigError
 
 BINARIZE_MODES = ("none", "threshold", "bernoulli")
@@ -306,3 +308,103 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported type {hint}")  # pragma: no cover
+
+
+# How a run computes, not what it computes: recorded with each run (its config.yaml; the
+# thread count also in status.json and checkpoints) but not part of its identity, so a
+# finished run is the same run whatever device, thread count or engine asks for it again.
+# A resume always computes as the run's folder recorded.
+RUNTIME_KEYS = ("train.device", "train.threads", "train.engine")
+
+
+def run_identity(config: RunConfig) -> dict[str, Any]:
+    """`config.to_dict()` less the RUNTIME_KEYS: what makes a run this run."""
+    identity = config.to_dict()
+    for key in RUNTIME_KEYS:
+        section, _, name = key.partition(".")
+        del identity[section][name]
+    return identity
+
+
+def same_run(a: RunConfig, b: RunConfig) -> bool:
+    """Whether configs `a` and `b` describe the same run: equal but for the RUNTIME_KEYS."""
+    return run_identity(a) == run_identity(b)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+# The one alias table: the name a config field goes by outside Python where it is not the
+# field's own. The command line's flag is `--NAME` (`--lr`); every other field's flag is its
+# name with dashes (`--batch-size`). A grid takes these names, the field names and dotted
+# keys (`lr`, `learning_rate`, `train.learning_rate`).
+ALIASES: dict[str, str] = {
+    "dataset": "data.name",
+    "data-path": "data.path",
+    "model": "model.kind",
+    "hidden": "model.hidden_dims",
+    "latent": "model.latent_dim",
+    "lr": "train.learning_rate",
+}
+NONE_WORDS = ("none", "null")  # text that means None for a field that may be None
+
+
+def field_names(section: str) -> list[str]:
+    """The fields of config section `section` ("data", "model", "train"), in order."""
+    return [f.name for f in dataclasses.fields(SECTIONS[section])]
+
+
+def option_name(section: str, name: str) -> str:
+    """The name field `section.name` goes by on the command line, without the dashes:
+    its alias in ALIASES, else the field name with dashes ("batch-size")."""
+    return next((alias for alias, key in ALIASES.items() if key == f"{section}.{name}"), name.replace("_", "-"))
+
+
+def parse_field(section: str, name: str, value: Any) -> Any:
+    """`value` as config field `section.name` wants it: the one value parser behind
+    command-line flags, grid values (`aelab.sweep.parse_value`) and sweep files' grids; the
+    config's own checks then judge the result.
+
+    Text (the command line gives only text; YAML 1.1 reads 1e-3 as text) becomes: None for
+    "none" or "null" where the field may be None; for a list field (model.hidden_dims) a list
+    of integers from "100", "128,64", "128x64" or "[128,64]" ("none", "[]" or "": no
+    entries); true or false for a bool field; a number through `parse_number`; for a field
+    that takes a count or a name (train.threads) a count where the text spells one, else the
+    text; other text stripped of spaces. A value YAML typed passes through the same number
+    checks, a single integer for a list field becomes a one-entry list. Raises ValueError
+    whose message is what was expected ("a number", "an integer", "a list of integers",
+    "true or false")."""
+    hint = typing.get_type_hints(SECTIONS[section])[name]
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    several = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint, several = options[0], len(options) > 1  # several: train.threads, a count or a name
+    if isinstance(value, str):
+        text = value.strip()
+        if optional and text.lower() in NONE_WORDS:
+            return None
+        if typing.get_origin(hint) is tuple:
+            if text.lower() in ("none", "[]", ""):
+                return []
+            parsed = yaml.safe_load(text) if text.startswith("[") else text.replace("x", ",").split(",")
+            try:
+                return [parse_number(v, int) for v in (parsed if isinstance(parsed, list) else [parsed])]
+            except ValueError:
+                raise ValueError("a list of integers") from None
+        if hint is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError("true or false")
+            return text.lower() == "true"
+        if hint in (int, float):
+            if several:
+                try:
+                    return parse_number(text, hint)
+                except ValueError:
+                    return text  # a name, or neither: the field's own check says what is valid
+            return parse_number(text, hint)
+        return text
+    if typing.get_origin(hint) is tuple and isinstance(value, int) and not isinstance(value, bool):
+        return [value]
+    if hint in (int, float) and value is not None and not several:
+        return parse_number(value, hint)
+    return value
