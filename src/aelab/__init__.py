@@ -8,6 +8,7 @@ from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
 from aelab.ensemble import train_ensemble
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError, SetupFindingsError
+from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
 from aelab.runs import Run, load_run
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DATASETS",
     "INITS",
+    "LIKELIHOODS",
     "LOSSES",
     "LOSS_FLOORS",
     "MODELS",
@@ -28,6 +30,7 @@ __all__ = [
     "DataError",
     "DivergenceError",
     "ImageData",
+    "Likelihood",
     "ModelConfig",
     "Run",
     "RunConfig",

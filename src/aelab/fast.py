@@ -9,12 +9,13 @@ Why not autograd: for a 784-100-50-100-784 model on a CPU most of an autograd st
 matmuls but per-operation overhead and elementwise passes. Here the backward is the chain
 rule written out: activation derivatives come from the saved outputs through the same
 ATen kernels autograd itself calls, and the loss gradient with respect to the logits is
-fused (BCE with logits: `sigmoid(z) - x`). Nothing is copied: activations whose derivative
-needs only their output run in place, their derivatives overwrite the incoming gradient,
-and the loss head overwrites the logits with its gradient. The optimizer stays a real
-`torch.optim` object that reads the gradients this step writes into `.grad`, so its state
-checkpoints and resumes exactly as before; `optimizer_step` calls fused Adam's kernel on
-that state directly.
+fused (BCE with logits: `sigmoid(z) - x`): each likelihood's `fused_head`, or autograd on the
+last elementwise part for a likelihood without one or an output other than a sigmoid.
+Nothing is copied: activations whose derivative needs only their output run in place, their
+derivatives overwrite the incoming gradient, and the loss head overwrites the logits with its
+gradient. The optimizer stays a real `torch.optim` object that reads the gradients this step
+writes into `.grad`, so its state checkpoints and resumes exactly as before; `optimizer_step`
+calls fused Adam's kernel on that state directly.
 
 Shapes: x (M, B, D) inputs and targets; z, a (M, B, out) pre-activations and outputs of a
 layer; losses (M,) the mean loss per member (mean over pixels and images, as
@@ -24,7 +25,6 @@ layer; losses (M,) the mean loss per member (mean over pixels and images, as
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ import torch
 
 from aelab.activations import ACTIVATIONS
 from aelab.config import THREAD_CHOICES
-from aelab.losses import _SERIES_BELOW, get_loss
+from aelab.likelihoods import Head, cb_log_normalizer_and_gradient, get_likelihood
 from aelab.models import Autoencoder, DenseAutoencoder
 
 ENGINES = ("auto", "autograd", "fast")
@@ -69,69 +69,13 @@ GRADIENTS_IN_PLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = 
     "linear": lambda g, a: None,
 }
 
-# A head takes logits z and targets x (k, B, D), returns the per-member mean loss (k,) and
-# overwrites z with dloss/dz (the logits are not needed after the loss).
-Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _cb_log_normalizer_and_gradient(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`aelab.losses.cb_log_normalizer` and its derivative d log C / d logit, with the same
-    series switch, from one tanh. With u = l / 2: log C = log 2 + log(u / tanh u), and
-    d/du log(u / tanh u) = 1/u - 1/tanh u + tanh u; near u = 0 the series u^2/3 - 7 u^4/90
-    and its derivative 2u/3 - 14 u^3/45, computed for those few elements only."""
-    u = logits * 0.5
-    tanh = torch.tanh(u)
-    log_c = torch.log(u / tanh)  # NaN at u = 0, replaced below
-    gradient = torch.reciprocal(u).sub_(torch.reciprocal(tanh)).add_(tanh)
-    small = (u.abs() < _SERIES_BELOW).nonzero(as_tuple=True)
-    if small[0].numel():
-        u_small = u[small]
-        u2 = u_small * u_small
-        log_c[small] = u2 / 3 - 7 * u2 * u2 / 90
-        gradient[small] = 2 * u_small / 3 - 14 * u2 * u_small / 45
-    return log_c.add_(math.log(2.0)), gradient.div_(2)
-
-
-def _bce_terms(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """BCE with logits elementwise as softplus(z) - x z: two passes where
-    `binary_cross_entropy_with_logits` makes five; the same values to float rounding."""
-    return torch.nn.functional.softplus(z).addcmul_(x, z, value=-1)
-
-
-def _logit_head(loss: str) -> Head:
-    """A fused head for a sigmoid output: the loss value (the formulas of `aelab.losses`, so
-    both engines report the same numbers to rounding), the gradient written over the logits."""
-
-    def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 / (z.shape[1] * z.shape[2])  # the mean over images and pixels
-        if loss == "bce":
-            value = _bce_terms(z, x).sum((1, 2)) * scale
-            z.sigmoid_().sub_(x).mul_(scale)
-        elif loss == "cb":  # BCE minus the log-normaliser
-            log_c, log_c_gradient = _cb_log_normalizer_and_gradient(z)
-            value = _bce_terms(z, x).sub_(log_c).sum((1, 2)) * scale
-            z.sigmoid_().sub_(x).sub_(log_c_gradient).mul_(scale)
-        else:
-            probs = z.sigmoid_()
-            error = probs - x
-            if loss == "mse":
-                value = error.square().sum((1, 2)) * scale
-                error.mul_(2 * scale)
-            else:  # mae; sign(0) = 0 as in autograd's abs
-                value = error.abs().sum((1, 2)) * scale
-                error.sign_().mul_(scale)
-            torch.ops.aten.sigmoid_backward.grad_input(error, probs, grad_input=z)
-        return value
-
-    return head
-
-
-LOGIT_HEADS = ("bce", "mse", "mae", "cb")
+# The fused loss heads (for a sigmoid output) are the likelihoods' own (`Likelihood.fused_head`).
+_cb_log_normalizer_and_gradient = cb_log_normalizer_and_gradient
 
 
 def _autograd_head(model: Autoencoder, loss: str) -> Head:
-    """Any output activation and loss: autograd on the last elementwise part only."""
-    loss_fn = get_loss(loss)
+    """Any output activation and likelihood: autograd on the last elementwise part only."""
+    likelihood = get_likelihood(loss)
     shape = model.image_shape
 
     def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +83,7 @@ def _autograd_head(model: Autoencoder, loss: str) -> Head:
         with torch.enable_grad():
             leaf = z.detach().requires_grad_()
             output, from_logits = model.loss_input(leaf.view(members * batch, *shape))
-            per_image = loss_fn(output, x.reshape(members * batch, *shape), from_logits)
+            per_image = likelihood.nll(output, x.reshape(members * batch, *shape), logits=from_logits)
             value = per_image.view(members, batch).mean(1)
             (grad,) = torch.autograd.grad(value.sum(), leaf)
         z.copy_(grad)
@@ -343,8 +287,8 @@ class DenseStep:
         self.heads: list[tuple[int, int, Head]] = []
         for start, end, key in _runs(keys):
             output, loss = key  # type: ignore[misc]
-            use_logits = output == "sigmoid" and loss in LOGIT_HEADS
-            self.heads.append((start, end, _logit_head(loss) if use_logits else _autograd_head(models[start], loss)))
+            fused = get_likelihood(loss).fused_head if output == "sigmoid" else None
+            self.heads.append((start, end, fused if fused is not None else _autograd_head(models[start], loss)))
 
     def gradient(self, stacked: torch.Tensor) -> torch.Tensor:
         """The gradient buffer (same shape) of one of `self.parameters`."""

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aelab.activations import ACTIVATIONS
-from aelab.losses import expected_pixels, get_loss
+from aelab.likelihoods import get_likelihood
 from aelab.models import Autoencoder
 
 PROBE_IMAGES = 2000  # validation images in the fixed probe batch (all of mnist-10k's validation split)
@@ -78,7 +78,7 @@ class Subject:
     """How to run and score a model.
 
     model: an aelab `Autoencoder` or any module mapping a batch to its reconstruction.
-    loss: a key of `aelab.losses.LOSSES`.
+    loss: a key of `aelab.LIKELIHOODS`.
     from_logits: whether a user model returns logits (None for aelab models, which decide).
     input_shape: the per-sample shape the model takes, e.g. (784,) for a model on flattened
         images; None when it takes the images as they are.
@@ -90,7 +90,7 @@ class Subject:
     input_shape: tuple[int, ...] | None = None
 
     def loss_input(self, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(output, from_logits) for `aelab.losses`, shaped like `images`."""
+        """(output, from_logits) for `Likelihood.nll`, shaped like `images`."""
         inputs = images if self.input_shape is None else images.reshape(images.shape[0], *self.input_shape)
         output = self.model(inputs)
         if isinstance(self.model, Autoencoder) and self.from_logits is None:
@@ -103,18 +103,19 @@ class Subject:
     def losses(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image loss (B,), with gradients."""
         output, from_logits = self.loss_input(images)
-        return get_loss(self.loss)(output, images, from_logits)
+        return get_likelihood(self.loss).nll(output, images, logits=from_logits)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixels, per-image loss) in chunks, in eval mode."""
         pixels, losses = [], []
+        likelihood = get_likelihood(self.loss)
         with eval_mode(self.model):
             for start in range(0, images.shape[0], CHUNK):
                 chunk = images[start : start + CHUNK]
                 output, from_logits = self.loss_input(chunk)
-                losses.append(get_loss(self.loss)(output, chunk, from_logits))
-                pixels.append(expected_pixels(self.loss, output, from_logits))
+                losses.append(likelihood.nll(output, chunk, logits=from_logits))
+                pixels.append(likelihood.mean(output, logits=from_logits))
         return torch.cat(pixels), torch.cat(losses)
 
 

@@ -14,9 +14,9 @@ import torch
 
 from aelab.activations import OUTPUT_RANGES
 from aelab.findings import Finding
+from aelab.likelihoods import get_likelihood
 from aelab.losses import EPSILON, bce_floor
 
-PROBABILITY_LOSSES = ("bce", "cb")  # losses that read every target as a probability in [0, 1]
 SOFTMAX_SUM_TOLERANCE = 1e-3  # a reconstruction "sums to one" within this
 
 # How a fix names a change to an aelab setting: (config key, value or None) -> words. The
@@ -55,6 +55,11 @@ class Setup:
     pixels: torch.Tensor | None = None
     setting: Setting | None = config_setting
     raw_divisor: float | None = None
+
+
+def _reads_probabilities(loss: str) -> bool:
+    """Whether the loss reads every target (and prediction) as a probability in [0, 1]."""
+    return get_likelihood(loss).needs_unit_targets
 
 
 def _rescale_fix(setup: Setup, low: float, high: float) -> str:
@@ -123,7 +128,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
                     fix=_rescale_fix(setup, low, high),
                 )
             )
-    if setup.loss in PROBABILITY_LOSSES:
+    if _reads_probabilities(setup.loss):
         findings.append(
             Finding(
                 id="bce-target-range",
@@ -210,7 +215,7 @@ def check_output_range(setup: Setup) -> list[Finding]:
         "input_max": high,
         "loss": setup.loss,
     }
-    if setup.loss in PROBABILITY_LOSSES and (out_low < 0 or out_high > 1):
+    if _reads_probabilities(setup.loss) and (out_low < 0 or out_high > 1):
         measured = ""
         if setup.pixels is not None:
             share = float(((setup.pixels <= EPSILON) | (setup.pixels >= 1 - EPSILON)).float().mean())
