@@ -1,8 +1,8 @@
-"""Extension points: a likelihood is one record in one registry.
+"""Extension points: a likelihood (and an activation) is one record in one registry.
 
 A new likelihood registered here, in this file alone, trains (autograd and the fast step),
-evaluates, reports and shows in `aelab loss`; and every built-in record gives the numbers of
-the distribution it names.
+evaluates, reports and shows in `aelab loss`; a new activation trains on both engines; and
+every built-in record gives the numbers of the distribution or function it names.
 """
 
 import dataclasses
@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import aelab
 from aelab import RunConfig, load_run, train
+from aelab.activations import ACTIVATIONS, Activation, get_activation_record
 from aelab.cli import main
 from aelab.errors import ConfigError
 from aelab.evaluate import evaluate_run
@@ -244,3 +245,69 @@ def test_fused_heads_give_the_records_loss_and_its_gradient(name):
 def test_an_unknown_name_lists_the_valid_ones():
     with pytest.raises(ConfigError, match=r"unknown loss 'hinge'; valid: bce, mse, mae, cb$"):
         get_likelihood("hinge")
+
+
+# --- activations: one record each, and a new one registered here alone
+
+
+def _softplus_gradient(g: torch.Tensor, a: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return g * torch.sigmoid(z)
+
+
+SOFTPLUS = Activation("softplus", F.softplus, (0.0, math.inf), gradient=_softplus_gradient)
+
+
+def test_an_activation_registered_in_a_test_trains_on_both_engines(monkeypatch):
+    monkeypatch.setitem(ACTIVATIONS, "softplus", SOFTPLUS)
+    config = RunConfig.from_dict(TINY).replace(model={"activation": "softplus"})
+    fast = train(config.replace(train={"engine": "fast"}), progress=False, doctor=False, report=False)
+    slow = train(config.replace(train={"engine": "autograd"}), progress=False, doctor=False, report=False)
+    assert fast.history[-1]["val_loss"] == pytest.approx(slow.history[-1]["val_loss"], rel=1e-4)
+    assert fast.history[-1]["val_loss"] < fast.history[0]["train_loss"]
+    codes = fast.model.encode(torch.rand(3, 1, 28, 28))
+    assert bool((codes > 0).all())  # softplus codes, positive
+
+
+def test_an_activation_without_a_gradient_is_refused_by_the_fast_step_by_name(monkeypatch):
+    monkeypatch.setitem(ACTIVATIONS, "softplus", dataclasses.replace(SOFTPLUS, gradient=None))
+    config = RunConfig.from_dict(TINY).replace(model={"activation": "softplus"}, train={"engine": "fast"})
+    with pytest.raises(ConfigError, match="no gradient for the 'softplus' activation"):
+        train(config, progress=False, doctor=False, report=False)
+    auto = train(config.replace(train={"engine": "auto"}), progress=False, doctor=False, report=False)
+    assert math.isfinite(auto.history[-1]["val_loss"])
+
+
+@pytest.mark.parametrize("name", [name for name in ACTIVATIONS if not ACTIVATIONS[name].output_only])
+def test_activation_records_gradients_and_in_place_forms_match_autograd(name):
+    record = ACTIVATIONS[name]
+    z = torch.linspace(-6, 6, 97, dtype=torch.float64).reshape(1, -1)
+    leaf = z.clone().requires_grad_()
+    out = record.function(leaf)
+    g = torch.rand_like(z)
+    (expected,) = torch.autograd.grad(out, leaf, g)
+    a = out.detach()
+    assert torch.allclose(record.gradient(g, a, z), expected, atol=1e-12)
+    low, high = record.output_range
+    assert bool((a >= low - 1e-12).all() and (a <= high + 1e-12).all())
+    if record.in_place is not None:
+        inside = z.clone()
+        record.in_place(inside)
+        assert torch.equal(inside, a)
+        overwritten = g.clone()
+        record.gradient_in_place(overwritten, a)
+        assert torch.allclose(overwritten, expected, atol=1e-12)
+    if record.saturation is not None:
+        bound = record.saturation(0.01)
+        span = high - low
+        edge = record.function(torch.tensor([bound, -bound], dtype=torch.float64))
+        assert float(high - edge[0]) == pytest.approx(0.01 * span) and float(edge[1] - low) == pytest.approx(
+            0.01 * span
+        )
+
+
+def test_softmax_is_for_outputs_only():
+    assert ACTIVATIONS["softmax"].output_only
+    with pytest.raises(ConfigError, match="unknown hidden activation 'softmax'"):
+        get_activation_record("softmax")
+    pixels = get_activation_record("softmax", output=True)(torch.randn(2, 1, 3, 3))
+    assert torch.allclose(pixels.flatten(1).sum(1), torch.ones(2))

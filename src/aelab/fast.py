@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,36 +38,8 @@ from aelab.models import Autoencoder, DenseAutoencoder
 
 ENGINES = ("auto", "autograd", "fast")
 
-# Gradient of each hidden activation: (grad wrt output, output a, pre-activation z) -> grad wrt z.
-# These are the kernels autograd's own backward formulas call, so results agree to rounding.
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-ACTIVATION_GRADIENTS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "sigmoid": lambda g, a, z: torch.ops.aten.sigmoid_backward(g, a),
-    "tanh": lambda g, a, z: torch.ops.aten.tanh_backward(g, a),
-    "relu": lambda g, a, z: torch.ops.aten.threshold_backward(g, a, 0),
-    "leaky_relu": lambda g, a, z: torch.ops.aten.leaky_relu_backward(g, z, 0.01, False),
-    "elu": lambda g, a, z: torch.ops.aten.elu_backward(g, 1.0, 1.0, 1.0, False, z),
-    "selu": lambda g, a, z: torch.ops.aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, False, z),
-    "gelu": lambda g, a, z: torch.ops.aten.gelu_backward(g, z),
-    "linear": lambda g, a, z: g,
-}
-
-# Activations whose gradient needs only their output: applied in place on the pre-activation,
-# and their gradient written in place over the incoming one (no temporaries, no copies).
-# Same kernels as above, so the numbers are the same.
-ACTIVATIONS_IN_PLACE: dict[str, Callable[[torch.Tensor], object]] = {
-    "sigmoid": torch.Tensor.sigmoid_,
-    "tanh": torch.Tensor.tanh_,
-    "relu": torch.Tensor.relu_,
-    "linear": lambda z: None,
-}
-GRADIENTS_IN_PLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
-    "sigmoid": lambda g, a: torch.ops.aten.sigmoid_backward.grad_input(g, a, grad_input=g),
-    "tanh": lambda g, a: torch.ops.aten.tanh_backward.grad_input(g, a, grad_input=g),
-    "relu": lambda g, a: torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g),
-    "linear": lambda g, a: None,
-}
+# Each activation's gradient and in-place forms are its record's (`aelab.activations.Activation`).
+ACTIVATION_GRADIENTS = {name: record.gradient for name, record in ACTIVATIONS.items() if record.gradient is not None}
 
 # The fused loss heads (for a sigmoid output) are the likelihoods' own (`Likelihood.fused_head`).
 _cb_log_normalizer_and_gradient = cb_log_normalizer_and_gradient
@@ -98,7 +70,7 @@ def fast_step_problem(model: torch.nn.Module) -> str | None:
         return "it handles dense models only"
     config = model.config
     for name in (config.activation, config.code_activation or config.activation):
-        if name not in ACTIVATION_GRADIENTS:
+        if ACTIVATIONS[name].gradient is None:
             return f"it has no gradient for the {name!r} activation"
     return None
 
@@ -298,13 +270,14 @@ class DenseStep:
     def _activate(ranges: list[tuple[int, int, str]], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pre-activation, activation) of one layer, each member range with its activation:
         in place over z when every range's gradient needs only the output (z is then not kept)."""
-        if all(name in ACTIVATIONS_IN_PLACE for _, _, name in ranges):
-            for start, end, name in ranges:
-                ACTIVATIONS_IN_PLACE[name](z[start:end])
+        records = [(start, end, ACTIVATIONS[name]) for start, end, name in ranges]
+        if all(record.in_place is not None for _, _, record in records):
+            for start, end, record in records:
+                record.in_place(z[start:end])  # type: ignore[misc]
             return z, z
         a = torch.empty_like(z)
-        for start, end, name in ranges:
-            a[start:end] = ACTIVATIONS[name](z[start:end])
+        for start, end, record in records:
+            a[start:end] = record.function(z[start:end])
         return z, a
 
     @staticmethod
@@ -314,10 +287,11 @@ class DenseStep:
         """Turn dL/da into dL/dz in place, each member range with its activation's derivative."""
         for start, end, name in ranges:
             g, out = grad[start:end], a[start:end]
-            if name in GRADIENTS_IN_PLACE:
-                GRADIENTS_IN_PLACE[name](g, out)
+            record = ACTIVATIONS[name]
+            if record.gradient_in_place is not None:
+                record.gradient_in_place(g, out)
             else:
-                g.copy_(ACTIVATION_GRADIENTS[name](g, out, z[start:end]))
+                g.copy_(record.gradient(g, out, z[start:end]))  # type: ignore[misc]
 
     def gradients(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, B, D) inputs, which are also the targets. Returns the losses (M,)."""

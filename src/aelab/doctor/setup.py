@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aelab.activations import OUTPUT_RANGES
+from aelab.activations import ACTIVATIONS
 from aelab.findings import Finding
 from aelab.likelihoods import get_likelihood
 from aelab.losses import EPSILON, bce_floor
@@ -34,7 +34,7 @@ class Setup:
     """What the pre-training checks look at.
 
     loss: the training loss's name.
-    output_activation: the model's output activation (a key of OUTPUT_RANGES), or None when
+    output_activation: the model's output activation (a key of `aelab.activations.ACTIVATIONS`), or None when
         unknown (a user model whose last step could not be identified).
     targets: (N, ...) the images the model must reconstruct, as the model sees them.
     code_width / input_width: values per sample in the narrowest layer and in the input.
@@ -102,7 +102,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
     }
     activation = setup.output_activation
     if activation is not None:
-        out_low, out_high = OUTPUT_RANGES[activation]
+        out_low, out_high = ACTIVATIONS[activation].output_range
         if out_low > low or out_high < high:
             unreachable = float(((targets > out_high) | (targets < out_low)).float().mean())
             findings.append(
@@ -206,7 +206,7 @@ def check_output_range(setup: Setup) -> list[Finding]:
     low, high = float(targets.min()), float(targets.max())
     if activation is None or activation == "softmax" or low < 0 or high > 1:
         return []  # softmax and out-of-range inputs have their own findings
-    out_low, out_high = OUTPUT_RANGES[activation]
+    out_low, out_high = ACTIVATIONS[activation].output_range
     evidence: dict[str, object] = {
         "output_activation": activation,
         "output_low": finite(out_low),
