@@ -9,6 +9,7 @@ from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
 from aelab.ensemble import train_ensemble
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError, SetupFindingsError
+from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.models import INITS, MODELS, build_model
 from aelab.runs import Run, load_run
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DATASETS",
     "INITS",
+    "LIKELIHOODS",
     "LOGGERS",
     "LOSSES",
     "LOSS_FLOORS",
@@ -31,6 +33,7 @@ __all__ = [
     "DataError",
     "DivergenceError",
     "ImageData",
+    "Likelihood",
     "Logger",
     "ModelConfig",
     "Run",

@@ -161,7 +161,7 @@ class ModelConfig:
 class TrainConfig:
     """How the autoencoder is trained.
 
-    loss: a key of `aelab.losses.LOSSES`, reported as the mean over pixels (Keras convention).
+    loss: a key of `aelab.LIKELIHOODS`, reported as the mean over pixels (Keras convention).
     optimizer: a key of `aelab.train.OPTIMIZERS`; momentum applies to sgd and rmsprop only
         (MOMENTUM_OPTIMIZERS), other optimizers refuse a non-zero momentum.
     patience: stop after this many epochs without a better validation loss (None: never).

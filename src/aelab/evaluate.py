@@ -24,6 +24,7 @@ from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
 from aelab.findings import Finding, read_findings
+from aelab.likelihoods import LIKELIHOODS
 from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
 from aelab.runs import load_config, load_run, read_metrics, read_status
 
@@ -78,6 +79,12 @@ class Evaluation:
         bias, mean = self.metrics.get("intensity_bias", math.nan), self.metrics.get("data_mean", math.nan)
         return math.isfinite(bias) and math.isfinite(mean) and mean > 0 and bias < -DIM_SHARE * mean
 
+    def _likelihood_note(self) -> str | None:
+        """Why the run's likelihood dims images (`Likelihood.dimming_note`), if it says."""
+        if self.config is None or self.config.train.loss not in LIKELIHOODS:
+            return None
+        return LIKELIHOODS[self.config.train.loss].dimming_note
+
     def problems(self) -> list[str]:
         """Plain-words failures of this run: not finished, collapsed, dimmed, non-finite."""
         found = []
@@ -97,8 +104,9 @@ class Evaluation:
                 f"dims the image: mean output {self.metrics['output_mean']:.3f} against the data's "
                 f"{self.metrics['data_mean']:.3f} ({share:.0%} darker)"
             )
-            if self.config is not None and self.config.train.loss == "mae":
-                text += "; MAE is minimised by each pixel's median, which is black on mostly-black images"
+            note = self._likelihood_note()
+            if note is not None:
+                text += f"; {note}"
             found.append(text)
         bad = [k for k in ("mse", "ssim") if k in self.metrics and not math.isfinite(self.metrics[k])]
         if bad:

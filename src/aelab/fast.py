@@ -9,12 +9,13 @@ Why not autograd: for a 784-100-50-100-784 model on a CPU most of an autograd st
 matmuls but per-operation overhead and elementwise passes. Here the backward is the chain
 rule written out: activation derivatives come from the saved outputs through the same
 ATen kernels autograd itself calls, and the loss gradient with respect to the logits is
-fused (BCE with logits: `sigmoid(z) - x`). Nothing is copied: activations whose derivative
-needs only their output run in place, their derivatives overwrite the incoming gradient,
-and the loss head overwrites the logits with its gradient. The optimizer stays a real
-`torch.optim` object that reads the gradients this step writes into `.grad`, so its state
-checkpoints and resumes exactly as before; `optimizer_step` calls fused Adam's kernel on
-that state directly.
+fused (BCE with logits: `sigmoid(z) - x`): each likelihood's `fused_head`, or autograd on the
+last elementwise part for a likelihood without one or an output other than a sigmoid.
+Nothing is copied: activations whose derivative needs only their output run in place, their
+derivatives overwrite the incoming gradient, and the loss head overwrites the logits with its
+gradient. The optimizer stays a real `torch.optim` object that reads the gradients this step
+writes into `.grad`, so its state checkpoints and resumes exactly as before; `optimizer_step`
+calls fused Adam's kernel on that state directly.
 
 Shapes: x (M, B, D) inputs and targets; z, a (M, B, out) pre-activations and outputs of a
 layer; losses (M,) the mean loss per member (mean over pixels and images, as
@@ -24,114 +25,29 @@ layer; losses (M,) the mean loss per member (mean over pixels and images, as
 from __future__ import annotations
 
 import contextlib
-import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from aelab.activations import ACTIVATIONS
 from aelab.config import THREAD_CHOICES
-from aelab.losses import _SERIES_BELOW, get_loss
+from aelab.likelihoods import Head, cb_log_normalizer_and_gradient, get_likelihood
 from aelab.models import Autoencoder, DenseAutoencoder
 
 ENGINES = ("auto", "autograd", "fast")
 
-# Gradient of each hidden activation: (grad wrt output, output a, pre-activation z) -> grad wrt z.
-# These are the kernels autograd's own backward formulas call, so results agree to rounding.
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
-ACTIVATION_GRADIENTS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "sigmoid": lambda g, a, z: torch.ops.aten.sigmoid_backward(g, a),
-    "tanh": lambda g, a, z: torch.ops.aten.tanh_backward(g, a),
-    "relu": lambda g, a, z: torch.ops.aten.threshold_backward(g, a, 0),
-    "leaky_relu": lambda g, a, z: torch.ops.aten.leaky_relu_backward(g, z, 0.01, False),
-    "elu": lambda g, a, z: torch.ops.aten.elu_backward(g, 1.0, 1.0, 1.0, False, z),
-    "selu": lambda g, a, z: torch.ops.aten.elu_backward(g, SELU_ALPHA, SELU_SCALE, 1.0, False, z),
-    "gelu": lambda g, a, z: torch.ops.aten.gelu_backward(g, z),
-    "linear": lambda g, a, z: g,
-}
+# Each activation's gradient and in-place forms are its record's (`aelab.activations.Activation`).
+ACTIVATION_GRADIENTS = {name: record.gradient for name, record in ACTIVATIONS.items() if record.gradient is not None}
 
-# Activations whose gradient needs only their output: applied in place on the pre-activation,
-# and their gradient written in place over the incoming one (no temporaries, no copies).
-# Same kernels as above, so the numbers are the same.
-ACTIVATIONS_IN_PLACE: dict[str, Callable[[torch.Tensor], object]] = {
-    "sigmoid": torch.Tensor.sigmoid_,
-    "tanh": torch.Tensor.tanh_,
-    "relu": torch.Tensor.relu_,
-    "linear": lambda z: None,
-}
-GRADIENTS_IN_PLACE: dict[str, Callable[[torch.Tensor, torch.Tensor], object]] = {
-    "sigmoid": lambda g, a: torch.ops.aten.sigmoid_backward.grad_input(g, a, grad_input=g),
-    "tanh": lambda g, a: torch.ops.aten.tanh_backward.grad_input(g, a, grad_input=g),
-    "relu": lambda g, a: torch.ops.aten.threshold_backward.grad_input(g, a, 0, grad_input=g),
-    "linear": lambda g, a: None,
-}
-
-# A head takes logits z and targets x (k, B, D), returns the per-member mean loss (k,) and
-# overwrites z with dloss/dz (the logits are not needed after the loss).
-Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _cb_log_normalizer_and_gradient(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`aelab.losses.cb_log_normalizer` and its derivative d log C / d logit, with the same
-    series switch, from one tanh. With u = l / 2: log C = log 2 + log(u / tanh u), and
-    d/du log(u / tanh u) = 1/u - 1/tanh u + tanh u; near u = 0 the series u^2/3 - 7 u^4/90
-    and its derivative 2u/3 - 14 u^3/45, computed for those few elements only."""
-    u = logits * 0.5
-    tanh = torch.tanh(u)
-    log_c = torch.log(u / tanh)  # NaN at u = 0, replaced below
-    gradient = torch.reciprocal(u).sub_(torch.reciprocal(tanh)).add_(tanh)
-    small = (u.abs() < _SERIES_BELOW).nonzero(as_tuple=True)
-    if small[0].numel():
-        u_small = u[small]
-        u2 = u_small * u_small
-        log_c[small] = u2 / 3 - 7 * u2 * u2 / 90
-        gradient[small] = 2 * u_small / 3 - 14 * u2 * u_small / 45
-    return log_c.add_(math.log(2.0)), gradient.div_(2)
-
-
-def _bce_terms(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """BCE with logits elementwise as softplus(z) - x z: two passes where
-    `binary_cross_entropy_with_logits` makes five; the same values to float rounding."""
-    return torch.nn.functional.softplus(z).addcmul_(x, z, value=-1)
-
-
-def _logit_head(loss: str) -> Head:
-    """A fused head for a sigmoid output: the loss value (the formulas of `aelab.losses`, so
-    both engines report the same numbers to rounding), the gradient written over the logits."""
-
-    def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        scale = 1.0 / (z.shape[1] * z.shape[2])  # the mean over images and pixels
-        if loss == "bce":
-            value = _bce_terms(z, x).sum((1, 2)) * scale
-            z.sigmoid_().sub_(x).mul_(scale)
-        elif loss == "cb":  # BCE minus the log-normaliser
-            log_c, log_c_gradient = _cb_log_normalizer_and_gradient(z)
-            value = _bce_terms(z, x).sub_(log_c).sum((1, 2)) * scale
-            z.sigmoid_().sub_(x).sub_(log_c_gradient).mul_(scale)
-        else:
-            probs = z.sigmoid_()
-            error = probs - x
-            if loss == "mse":
-                value = error.square().sum((1, 2)) * scale
-                error.mul_(2 * scale)
-            else:  # mae; sign(0) = 0 as in autograd's abs
-                value = error.abs().sum((1, 2)) * scale
-                error.sign_().mul_(scale)
-            torch.ops.aten.sigmoid_backward.grad_input(error, probs, grad_input=z)
-        return value
-
-    return head
-
-
-LOGIT_HEADS = ("bce", "mse", "mae", "cb")
+# The fused loss heads (for a sigmoid output) are the likelihoods' own (`Likelihood.fused_head`).
+_cb_log_normalizer_and_gradient = cb_log_normalizer_and_gradient
 
 
 def _autograd_head(model: Autoencoder, loss: str) -> Head:
-    """Any output activation and loss: autograd on the last elementwise part only."""
-    loss_fn = get_loss(loss)
+    """Any output activation and likelihood: autograd on the last elementwise part only."""
+    likelihood = get_likelihood(loss)
     shape = model.image_shape
 
     def head(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -139,7 +55,7 @@ def _autograd_head(model: Autoencoder, loss: str) -> Head:
         with torch.enable_grad():
             leaf = z.detach().requires_grad_()
             output, from_logits = model.loss_input(leaf.view(members * batch, *shape))
-            per_image = loss_fn(output, x.reshape(members * batch, *shape), from_logits)
+            per_image = likelihood.nll(output, x.reshape(members * batch, *shape), logits=from_logits)
             value = per_image.view(members, batch).mean(1)
             (grad,) = torch.autograd.grad(value.sum(), leaf)
         z.copy_(grad)
@@ -154,7 +70,7 @@ def fast_step_problem(model: torch.nn.Module) -> str | None:
         return "it handles dense models only"
     config = model.config
     for name in (config.activation, config.code_activation or config.activation):
-        if name not in ACTIVATION_GRADIENTS:
+        if ACTIVATIONS[name].gradient is None:
             return f"it has no gradient for the {name!r} activation"
     return None
 
@@ -343,8 +259,8 @@ class DenseStep:
         self.heads: list[tuple[int, int, Head]] = []
         for start, end, key in _runs(keys):
             output, loss = key  # type: ignore[misc]
-            use_logits = output == "sigmoid" and loss in LOGIT_HEADS
-            self.heads.append((start, end, _logit_head(loss) if use_logits else _autograd_head(models[start], loss)))
+            fused = get_likelihood(loss).fused_head if output == "sigmoid" else None
+            self.heads.append((start, end, fused if fused is not None else _autograd_head(models[start], loss)))
 
     def gradient(self, stacked: torch.Tensor) -> torch.Tensor:
         """The gradient buffer (same shape) of one of `self.parameters`."""
@@ -354,13 +270,14 @@ class DenseStep:
     def _activate(ranges: list[tuple[int, int, str]], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pre-activation, activation) of one layer, each member range with its activation:
         in place over z when every range's gradient needs only the output (z is then not kept)."""
-        if all(name in ACTIVATIONS_IN_PLACE for _, _, name in ranges):
-            for start, end, name in ranges:
-                ACTIVATIONS_IN_PLACE[name](z[start:end])
+        records = [(start, end, ACTIVATIONS[name]) for start, end, name in ranges]
+        if all(record.in_place is not None for _, _, record in records):
+            for start, end, record in records:
+                record.in_place(z[start:end])  # type: ignore[misc]
             return z, z
         a = torch.empty_like(z)
-        for start, end, name in ranges:
-            a[start:end] = ACTIVATIONS[name](z[start:end])
+        for start, end, record in records:
+            a[start:end] = record.function(z[start:end])
         return z, a
 
     @staticmethod
@@ -370,10 +287,11 @@ class DenseStep:
         """Turn dL/da into dL/dz in place, each member range with its activation's derivative."""
         for start, end, name in ranges:
             g, out = grad[start:end], a[start:end]
-            if name in GRADIENTS_IN_PLACE:
-                GRADIENTS_IN_PLACE[name](g, out)
+            record = ACTIVATIONS[name]
+            if record.gradient_in_place is not None:
+                record.gradient_in_place(g, out)
             else:
-                g.copy_(ACTIVATION_GRADIENTS[name](g, out, z[start:end]))
+                g.copy_(record.gradient(g, out, z[start:end]))  # type: ignore[misc]
 
     def gradients(self, x: torch.Tensor) -> torch.Tensor:
         """x: (M, B, D) inputs, which are also the targets. Returns the losses (M,)."""

@@ -5,7 +5,9 @@ for cb the continuous Bernoulli *mean* (aelab's pixels for a cb-trained model), 
 loss of a prediction p is its NLL at the parameter whose mean is p. Every loss here is the
 mean over the given elements, as in training.
 
-Where each loss is minimal, given a target t in [0, 1]:
+Each likelihood of `aelab.likelihoods.LIKELIHOODS` is one line and one panel; its record says
+how to read a prediction (`Likelihood.prediction_nll`), its floor and, in words, where it is
+minimal. For the built-in ones, given a target t in [0, 1]:
     bce  at p = t, where it equals the binary entropy H(t) > 0 for grey t: BCE's floor
     mse  at p = t (floor 0)
     mae  at p = t for one element; over many, at their median (floor 0)
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from aelab.errors import ConfigError
-from aelab.losses import LOSS_FLOORS, LOSSES, cb_logits_for_mean
+from aelab.likelihoods import LIKELIHOODS, get_likelihood, probability_text
 
 CURVE_TARGETS = (0.0, 0.3, 0.5, 0.8, 1.0)
 PREDICTION_EDGE = 1e-3  # curves are drawn for predictions in [edge, 1 - edge]
@@ -36,49 +38,22 @@ def elementwise_loss(name: str, predictions: torch.Tensor, targets: torch.Tensor
     """Each loss per element (same shape as the inputs, float64) for pixel predictions in [0, 1]."""
     predictions, targets = torch.broadcast_tensors(predictions.double(), targets.double())
     output, target = predictions.reshape(-1, 1), targets.reshape(-1, 1)  # one "image" per element
-    if name == "cb":
-        inside = output.clamp(1e-12, 1 - 1e-12)
-        values = LOSSES["cb"](cb_logits_for_mean(inside), target, True)
-    else:
-        values = LOSSES[name](output, target, False)
+    values = get_likelihood(name).prediction_nll(output, target)
     return values.reshape(predictions.shape)
 
 
 def floors(targets: torch.Tensor) -> dict[str, float]:
-    """Each loss's lowest mean value over the given targets (1-D)."""
+    """Each loss's lowest mean value over the given targets (1-D); NaN where it has no floor."""
     batch = targets.double().reshape(1, -1)
-    return {name: float(floor(batch)[0]) for name, floor in LOSS_FLOORS.items()}
+    return {name: float(record.lowest(batch)[0]) for name, record in LIKELIHOODS.items()}
 
 
 def minimum_text(name: str, targets: Sequence[float]) -> str:
     """Where `name` is minimal for these targets, in words."""
-    if name == "bce":
-        return "prediction = target; the minimum is the targets' mean binary entropy, > 0 for grey targets"
-    if name == "mse":
-        return "prediction = target"
-    if name == "mae":
-        return "prediction = target (per element; over several equal predictions, their median)"
-    parameters = []
-    for target in targets:
-        if target <= 0 or target >= 1:
-            parameters.append(f"{target:g}: none (-inf)")
-        else:
-            logit = float(cb_logits_for_mean(torch.tensor([target], dtype=torch.float64))[0])
-            parameters.append(_probability_text(1 / (1 + math.exp(-logit))))
-    return (
-        "cb mean = target (the prediction), i.e. at parameter lambda = "
-        + ", ".join(parameters)
-        + "; a target of exactly 0 or 1 has no minimum (floor -inf)"
-    )
+    return get_likelihood(name).minimum_text(targets)
 
 
-def _probability_text(value: float) -> str:
-    """0.0652 -> "0.065"; 0.99995 -> "1 - 4.5e-05": enough digits to tell it from 0 or 1."""
-    if value > 0.99:
-        return f"1 - {1 - value:.2g}"
-    if value < 0.01:
-        return f"{value:.2g}"
-    return f"{value:.3f}"
+_probability_text = probability_text  # the older private name
 
 
 @dataclass(frozen=True)
@@ -93,7 +68,7 @@ class LossLine:
 
 
 def loss_table(targets: Sequence[float], predictions: Sequence[float]) -> list[LossLine]:
-    """Every loss of `aelab.losses.LOSSES` for these targets and predictions (equal lengths,
+    """Every loss of `aelab.LIKELIHOODS` for these targets and predictions (equal lengths,
     values in [0, 1]); each value is the mean over the elements."""
     target = torch.tensor(list(targets), dtype=torch.float64)
     prediction = torch.tensor(list(predictions), dtype=torch.float64)
@@ -101,7 +76,7 @@ def loss_table(targets: Sequence[float], predictions: Sequence[float]) -> list[L
         raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions; give as many of each")
     lowest = floors(target)
     lines = []
-    for name in LOSSES:
+    for name in LIKELIHOODS:
         value = float(elementwise_loss(name, prediction, target).mean())
         floor = lowest[name]
         lines.append(LossLine(name, value, floor, value - floor, minimum_text(name, list(targets))))
@@ -111,25 +86,40 @@ def loss_table(targets: Sequence[float], predictions: Sequence[float]) -> list[L
 def format_loss_table(targets: Sequence[float], predictions: Sequence[float]) -> str:
     """The calculator's printout: targets, predictions, and one line per loss."""
     lines = loss_table(targets, predictions)
-    number = lambda v: f"{v:.4f}" if math.isfinite(v) else ("-inf" if v < 0 else "inf")  # noqa: E731
     out = [
         "targets:     " + "  ".join(f"{t:g}" for t in targets),
         "predictions: " + "  ".join(f"{p:g}" for p in predictions),
-        "(each loss is the mean over the elements, in nats for bce and cb; cb reads a prediction as its mean)",
+        _units_text(),
         "",
         f"{'loss':<5} {'value':>8} {'floor':>8} {'excess':>8}  minimal where",
     ]
     for line in lines:
-        values = f"{number(line.value):>8} {number(line.floor):>8} {number(line.excess):>8}"
+        values = f"{_number(line.value):>8} {_number(line.floor):>8} {_number(line.excess):>8}"
         out.append(f"{line.loss:<5} {values}  {line.minimal_at}")
-    bce_line = next(line for line in lines if line.loss == "bce")
-    if bce_line.floor > 1e-12:
-        out += [
-            "",
-            f"bce is not zero at prediction = target: its floor here is {bce_line.floor:.4f} nats, the mean binary "
-            "entropy of the targets; only targets of exactly 0 or 1 have a floor of 0. Watch the excess.",
-        ]
+    for line in lines:
+        note = LIKELIHOODS[line.loss].floor_note
+        if note is not None and math.isfinite(line.floor) and line.floor > 1e-12:
+            out += ["", note.format(floor=line.floor)]
     return "\n".join(out)
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "none"  # no floor known
+    return f"{value:.4f}" if math.isfinite(value) else ("-inf" if value < 0 else "inf")
+
+
+def _names_text(names: Sequence[str]) -> str:
+    """["bce", "cb"] -> "bce and cb"; ["a", "b", "c"] -> "a, b and c"."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _units_text() -> str:
+    """ "(each loss is the mean over the elements, in nats for bce and cb; cb reads ...)"."""
+    nats = [name for name, record in LIKELIHOODS.items() if record.unit == "nats"]
+    parts = ["each loss is the mean over the elements" + (f", in nats for {_names_text(nats)}" if nats else "")]
+    parts += [f"{name} reads a prediction as its mean" for name, record in LIKELIHOODS.items() if record.mean_words]
+    return "(" + "; ".join(parts) + ")"
 
 
 def prediction_grid(points: int = 399) -> torch.Tensor:
@@ -170,7 +160,7 @@ def plot_loss_curves(
     from aelab.runs import atomic_write_bytes
 
     grid = prediction_grid()
-    names = list(LOSSES)
+    names = list(LIKELIHOODS)
     figure = Figure(figsize=(3.3 * len(names), 3.3))
     axes = figure.subplots(1, len(names), sharex=True, squeeze=False)[0]
     colours = matplotlib.colormaps["viridis"]
@@ -183,7 +173,8 @@ def plot_loss_curves(
                 raw = elementwise_loss(name, grid, torch.tensor(target, dtype=torch.float64))
                 point = float(elementwise_loss(name, torch.tensor([predictions[index]]), torch.tensor([target]))[0])
                 axis.plot([predictions[index]], [point - float(raw.min())], "o", color=colour, ms=6, mec="black")
-        axis.set_title({"cb": "cb (x: the cb mean)"}.get(name, name))
+        mean_words = LIKELIHOODS[name].mean_words
+        axis.set_title(f"{name} (x: {mean_words})" if mean_words else name)
         axis.set_xlabel("prediction")
         axis.set_ylim(bottom=0)
         axis.set_ylim(top=min(axis.get_ylim()[1], 4.0))

@@ -1,31 +1,39 @@
-"""Reconstruction losses: pure functions returning one value per sample.
+"""Reconstruction losses: pure functions returning one value per sample, named by their input.
 
-Every loss has the signature `loss(output, target, from_logits) -> (B,)` and reports the
-mean over pixels (the Keras convention), so BCE and MSE figures compare with the Keras
-tutorial and with each other across a sweep. The caller reduces over the batch.
-
-`output` is the decoder's logits when `from_logits` is true (sigmoid output activation: the
-loss works in log space), else the model's pixels after its output activation. In the second
-case BCE clips the pixels to [1e-7, 1 - 1e-7] exactly as Keras does, which is what a
+Each loss comes in two forms, named by what they take: `<loss>_from_logits(logits, target)`
+for the decoder's logits (a sigmoid output: the loss works in log space), and
+`<loss>_from_pixels(pixels, target)` for the model's pixels after its output activation. In
+the second case BCE clips the pixels to [1e-7, 1 - 1e-7] exactly as Keras does, which is what a
 `sigmoid`-less model trained in Keras or with `nn.BCELoss` computes; we keep that
-probability-space path only so users can reproduce other people's numbers.
+probability-space path only so users can reproduce other people's numbers. Every loss reports
+the mean over pixels (the Keras convention; `_per_sample_mean` is the one place losses reduce),
+so BCE and MSE figures compare with the Keras tutorial and with each other across a sweep. The
+caller reduces over the batch.
 
-Each loss also has a floor (`LOSS_FLOORS`): its lowest value given the targets alone, per
-sample. BCE's floor is the mean binary entropy of the targets, which is why BCE on grey MNIST
-pixels never reaches zero; the excess over the floor is what to watch.
+What each loss *is* (its distribution, pixel mean, floor, fused gradient, words) is one record
+in `aelab.likelihoods.LIKELIHOODS`; this module holds the math those records are made of, and
+imports only torch. `LOSSES`, `LOSS_FLOORS`, `get_loss` and `expected_pixels` are the older
+name-keyed views of that registry, kept for existing code: their functions take
+`(output, target, from_logits)` with `from_logits` required (no default, so `mse(pixels,
+target)` cannot silently apply a sigmoid).
+
+Each loss also has a floor: its lowest value given the targets alone, per sample. BCE's floor
+is the mean binary entropy of the targets, which is why BCE on grey MNIST pixels never reaches
+zero; the excess over the floor is what to watch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
 
 EPSILON = 1e-7  # Keras's backend epsilon, used for clipping probabilities.
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor]  # (output, target, from_logits) -> (B,)
+FloorFn = Callable[[torch.Tensor], torch.Tensor]  # target -> (B,)
 
 
 def _check_shapes(output: torch.Tensor, target: torch.Tensor) -> None:
@@ -38,34 +46,62 @@ def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(dim=1)
 
 
-def _probs(output: torch.Tensor, from_logits: bool) -> torch.Tensor:
-    return torch.sigmoid(output) if from_logits else output
-
-
-def _clipped_logits(output: torch.Tensor) -> torch.Tensor:
-    probs = output.clamp(EPSILON, 1.0 - EPSILON)
+def _clipped_logits(pixels: torch.Tensor) -> torch.Tensor:
+    probs = pixels.clamp(EPSILON, 1.0 - EPSILON)
     return torch.log(probs) - torch.log1p(-probs)
 
 
-def bce(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
-    """Binary cross-entropy per sample, mean over pixels, in nats. Shape (B,)."""
-    _check_shapes(output, target)
-    if from_logits:
-        return _per_sample_mean(F.binary_cross_entropy_with_logits(output, target, reduction="none"))
-    probs = output.clamp(EPSILON, 1.0 - EPSILON)
+def bce_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per sample from logits, mean over pixels, in nats. Shape (B,)."""
+    _check_shapes(logits, target)
+    return _per_sample_mean(F.binary_cross_entropy_with_logits(logits, target, reduction="none"))
+
+
+def bce_from_pixels(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy per sample from probabilities, clipped to [1e-7, 1 - 1e-7] as Keras
+    does; mean over pixels, in nats. Shape (B,)."""
+    _check_shapes(pixels, target)
+    probs = pixels.clamp(EPSILON, 1.0 - EPSILON)
     return _per_sample_mean(-(target * torch.log(probs) + (1.0 - target) * torch.log1p(-probs)))
 
 
-def mse(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+def mse_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per sample of sigmoid(logits), over pixels. Shape (B,)."""
+    _check_shapes(logits, target)
+    return _per_sample_mean((torch.sigmoid(logits) - target).square())
+
+
+def mse_from_pixels(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per sample, over pixels. Shape (B,)."""
-    _check_shapes(output, target)
-    return _per_sample_mean((_probs(output, from_logits) - target).square())
+    _check_shapes(pixels, target)
+    return _per_sample_mean((pixels - target).square())
 
 
-def mae(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
+def mae_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per sample of sigmoid(logits), over pixels. Shape (B,)."""
+    _check_shapes(logits, target)
+    return _per_sample_mean((torch.sigmoid(logits) - target).abs())
+
+
+def mae_from_pixels(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error per sample, over pixels. Shape (B,)."""
-    _check_shapes(output, target)
-    return _per_sample_mean((_probs(output, from_logits) - target).abs())
+    _check_shapes(pixels, target)
+    return _per_sample_mean((pixels - target).abs())
+
+
+def bce(output: torch.Tensor, target: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """`bce_from_logits` or `bce_from_pixels`, as the required `from_logits` says. Shape (B,)."""
+    return bce_from_logits(output, target) if from_logits else bce_from_pixels(output, target)
+
+
+def mse(output: torch.Tensor, target: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """`mse_from_logits` or `mse_from_pixels`, as the required `from_logits` says. Shape (B,)."""
+    return mse_from_logits(output, target) if from_logits else mse_from_pixels(output, target)
+
+
+def mae(output: torch.Tensor, target: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """`mae_from_logits` or `mae_from_pixels`, as the required `from_logits` says. Shape (B,)."""
+    return mae_from_logits(output, target) if from_logits else mae_from_pixels(output, target)
 
 
 # --- Continuous Bernoulli (Loaiza-Ganem & Cunningham, "The continuous Bernoulli: fixing a
@@ -102,25 +138,25 @@ def cb_mean(logits: torch.Tensor) -> torch.Tensor:
     return 0.5 + torch.where(small, series, exact) / 2
 
 
-def cb(output: torch.Tensor, target: torch.Tensor, from_logits: bool = True) -> torch.Tensor:
-    """Continuous Bernoulli negative log-likelihood per sample, mean over pixels. Shape (B,).
-
-    It is BCE minus the log-normaliser; it can be negative (a density, not a probability)."""
-    _check_shapes(output, target)
-    logits = output if from_logits else _clipped_logits(output)
+def cb_from_logits(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Continuous Bernoulli negative log-likelihood per sample from logits, mean over pixels, in
+    nats. Shape (B,). It is BCE minus the log-normaliser; it can be negative (a density, not a
+    probability)."""
+    _check_shapes(logits, target)
     nll = F.binary_cross_entropy_with_logits(logits, target, reduction="none") - cb_log_normalizer(logits)
     return _per_sample_mean(nll)
 
 
-LOSSES: dict[str, LossFn] = {"bce": bce, "mse": mse, "mae": mae, "cb": cb}
+def cb_from_pixels(pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`cb_from_logits` with the pixels read as the parameter lambda, clipped as Keras clips
+    probabilities. Shape (B,)."""
+    _check_shapes(pixels, target)
+    return cb_from_logits(_clipped_logits(pixels), target)
 
 
-def get_loss(name: str) -> LossFn:
-    from aelab.errors import ConfigError
-
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name]
+def cb(output: torch.Tensor, target: torch.Tensor, from_logits: bool) -> torch.Tensor:
+    """`cb_from_logits` or `cb_from_pixels`, as the required `from_logits` says. Shape (B,)."""
+    return cb_from_logits(output, target) if from_logits else cb_from_pixels(output, target)
 
 
 # --- Floors: each loss's minimum over predictions, given the targets. Shape (B,).
@@ -138,10 +174,6 @@ def bce_floor(target: torch.Tensor) -> torch.Tensor:
     """Lowest BCE any prediction reaches on these targets: their mean binary entropy. It sits
     at prediction = target."""
     return _per_sample_mean(binary_entropy(target))
-
-
-def _zero_floor(target: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(target.shape[0], dtype=target.dtype, device=target.device)
 
 
 def cb_floor(target: torch.Tensor) -> torch.Tensor:
@@ -170,17 +202,71 @@ def cb_logits_for_mean(mean: torch.Tensor, iterations: int = 80) -> torch.Tensor
     return ((low + high) / 2).to(mean.dtype)
 
 
-LOSS_FLOORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "bce": bce_floor,
-    "mse": _zero_floor,
-    "mae": _zero_floor,
-    "cb": cb_floor,
-}
+def zero_floor(target: torch.Tensor) -> torch.Tensor:
+    """A floor of zero for every sample: mse and mae are minimal, at 0, at prediction = target."""
+    return torch.zeros(target.shape[0], dtype=target.dtype, device=target.device)
+
+
+_zero_floor = zero_floor  # the older private name
+
+
+# --- The older name-keyed views of `aelab.likelihoods.LIKELIHOODS`. They read the registry on
+# every access, so a likelihood registered later shows up in them; the import is deferred
+# because the registry is built from this module.
+
+
+class _LossView(Mapping[str, LossFn]):
+    """name -> loss(output, target, from_logits), for every registered likelihood."""
+
+    def __getitem__(self, name: str) -> LossFn:
+        from aelab.likelihoods import LIKELIHOODS
+
+        return LIKELIHOODS[name].loss
+
+    def __iter__(self) -> Iterator[str]:
+        from aelab.likelihoods import LIKELIHOODS
+
+        return iter(list(LIKELIHOODS))
+
+    def __len__(self) -> int:
+        from aelab.likelihoods import LIKELIHOODS
+
+        return len(LIKELIHOODS)
+
+
+class _FloorView(Mapping[str, FloorFn]):
+    """name -> floor(target), for every registered likelihood that has a floor."""
+
+    def _floors(self) -> dict[str, FloorFn]:
+        from aelab.likelihoods import LIKELIHOODS
+
+        return {name: record.floor for name, record in LIKELIHOODS.items() if record.floor is not None}
+
+    def __getitem__(self, name: str) -> FloorFn:
+        return self._floors()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._floors())
+
+    def __len__(self) -> int:
+        return len(self._floors())
+
+
+LOSSES: Mapping[str, LossFn] = _LossView()
+LOSS_FLOORS: Mapping[str, FloorFn] = _FloorView()
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss called `name`, as loss(output, target, from_logits); a ConfigError listing the
+    valid names for any other name (`aelab.likelihoods.get_likelihood`)."""
+    from aelab.likelihoods import get_likelihood
+
+    return get_likelihood(name).loss
 
 
 def expected_pixels(loss: str, output: torch.Tensor, from_logits: bool) -> torch.Tensor:
-    """The pixels a model trained with `loss` predicts: the output activation's values, except
-    for cb, whose pixels are the distribution's mean rather than its parameter lambda."""
-    if loss == "cb":
-        return cb_mean(output if from_logits else _clipped_logits(output))
-    return _probs(output, from_logits)
+    """The pixels a model trained with `loss` shows (`Likelihood.mean`): the output activation's
+    values, except for cb, whose pixels are the distribution's mean rather than its parameter."""
+    from aelab.likelihoods import get_likelihood
+
+    return get_likelihood(loss).mean(output, logits=from_logits)

@@ -26,7 +26,8 @@ import warnings
 
 import torch
 
-from aelab.losses import LOSSES, bce_floor, mse
+from aelab.likelihoods import LIKELIHOODS
+from aelab.losses import bce_floor, mse_from_pixels
 
 SSIM_WINDOW = 7  # skimage's default window; shrunk to the image size for small images (8x8 digits)
 SSIM_K1, SSIM_K2 = 0.01, 0.03  # Wang et al. 2004's constants
@@ -38,6 +39,10 @@ SSIM_SLICE = 64  # images per pass of the window sums
 # the validation split) both use it.
 COLLAPSE_BLOB_SCORE = 0.2
 
+# The loss columns of every metrics row, each the named likelihood's loss of the pixels: a fixed
+# set (the columns of metrics.jsonl and results.csv), whatever likelihood trained the model.
+LOSS_COLUMNS = {"mse": "mse", "mae": "mae", "bce": "bce", "cb_nll": "cb"}
+
 
 def is_collapsed(blob_score: float) -> bool:
     """Whether a blob score says the model collapsed to one image (NaN: unknown, not collapsed)."""
@@ -47,7 +52,7 @@ def is_collapsed(blob_score: float) -> bool:
 def psnr(pixels: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image in dB, 10 log10(range^2 / MSE). Identical images
     are capped at 100 dB (MSE floored at range^2 * 1e-10) so means stay finite."""
-    error = mse(pixels, target, from_logits=False).clamp_min(data_range**2 * 1e-10)
+    error = mse_from_pixels(pixels, target).clamp_min(data_range**2 * 1e-10)
     return 10 * torch.log10(data_range**2 / error)
 
 
@@ -225,12 +230,15 @@ def image_metrics(
     is NaN otherwise. `bce_floors`: `bce_floor(target)` when the caller has it already (it
     depends on the targets only).
 
-    `loss_values`: per-image values (B,) of losses (by `aelab.losses.LOSSES` name) that the
+    `loss_values`: per-image values (B,) of losses (by `aelab.LIKELIHOODS` name) that the
     caller computed from the model's output, used instead of the pixel-based ones: a run's own
     loss, so that its column is its validation loss. A cb-trained model must pass its "cb": its
     pixels are cb means, not lambda, and reading them as lambda gives another number."""
     given = loss_values or {}
-    values = {name: given[name] if name in given else LOSSES[name](pixels, target, False) for name in LOSSES}
+    values = {
+        name: given[name] if name in given else LIKELIHOODS[name].nll_from_pixels(pixels, target)
+        for name in LOSS_COLUMNS.values()
+    }
     floor = bce_floor(target) if bce_floors is None else bce_floors
     return {
         "mse": float(values["mse"].mean()),

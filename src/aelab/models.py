@@ -1,6 +1,6 @@
 """Autoencoder architectures. Decoders return logits; `pixels()` turns them into the images the
 model shows: the output activation, or for a model trained with the continuous Bernoulli loss
-the distribution's mean (`aelab.losses.expected_pixels`), as evaluation and the report do.
+the distribution's mean (`aelab.likelihoods.Likelihood.mean`), as evaluation and the report do.
 
 Both models take images (B, C, H, W) as floats and return logits of the same shape.
 """
@@ -17,13 +17,13 @@ from torch import nn
 from aelab.activations import get_activation
 from aelab.config import ModelConfig
 from aelab.errors import ConfigError
-from aelab.losses import expected_pixels, get_loss
+from aelab.likelihoods import get_likelihood
 
 
 class Autoencoder(nn.Module):
     """What every aelab model offers: encode -> codes, decode -> logits, pixels(logits).
 
-    `loss` is the training loss whose pixel mean `pixels` returns (a key of `aelab.LOSSES`), or
+    `loss` is the training loss whose pixel mean `pixels` returns (a key of `aelab.LIKELIHOODS`), or
     None for the output activation alone; `build_model(..., loss=...)` sets it."""
 
     config: ModelConfig
@@ -52,10 +52,10 @@ class Autoencoder(nn.Module):
         if self.loss is None:
             return self.output_activation(logits)
         output, from_logits = self.loss_input(logits)
-        return expected_pixels(self.loss, output, from_logits)
+        return get_likelihood(self.loss).mean(output, logits=from_logits)
 
     def loss_input(self, logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(output, from_logits) for `aelab.losses`: logits when the output is a sigmoid, so
+        """(output, from_logits) for `Likelihood.nll`: logits when the output is a sigmoid, so
         likelihood losses stay in log space; the output activation's values otherwise."""
         if self.config.output_activation == "sigmoid":
             return logits, True
@@ -188,12 +188,12 @@ def build_model(
 ) -> Autoencoder:
     """A freshly initialised model for images of `image_shape` (C, H, W).
 
-    loss: the loss the model is (or was) trained with, a key of `aelab.LOSSES`; `pixels()`
+    loss: the loss the model is (or was) trained with, a key of `aelab.LIKELIHOODS`; `pixels()`
         then returns that loss's pixel mean (the cb mean for "cb"). None: the output activation.
     The seed drives initialisation through a private RNG scope, so building a model leaves the
     global torch RNG as it was."""
     if loss is not None:
-        get_loss(loss)
+        get_likelihood(loss)
     if config.kind not in MODELS:
         raise ConfigError(f"unknown model {config.kind!r}; valid: {', '.join(MODELS)}")
     if config.init not in INITS:

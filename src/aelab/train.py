@@ -33,7 +33,8 @@ from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError
 from aelab.fast import FastStep, choose_engine, choose_threads, fast_optimizer, optimizer_step, torch_threads
 from aelab.findings import Finding, read_findings, save_findings
-from aelab.losses import LOSS_FLOORS, bce_floor, expected_pixels, get_loss
+from aelab.likelihoods import get_likelihood
+from aelab.losses import bce_floor
 from aelab.metrics import SetStatistics, image_metrics
 from aelab.models import Autoencoder, build_model
 from aelab.runs import (
@@ -105,7 +106,12 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
     check) and for data passed in memory."""
     if data_keys:
         check_data_config(config.data)
-    get_loss(config.train.loss)
+    likelihood = get_likelihood(config.train.loss)
+    if likelihood.parameters_per_pixel != 1:
+        raise ConfigError(
+            f"train.loss {likelihood.name} needs {likelihood.parameters_per_pixel} output values per pixel; "
+            "aelab's models output one"
+        )
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
 
@@ -113,13 +119,14 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
 def loss_per_sample(model: Autoencoder, loss: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The training loss per image (B,), from logits when the output activation allows."""
     output, from_logits = model.loss_input(logits)
-    return get_loss(loss)(output, target, from_logits)
+    return get_likelihood(loss).nll(output, target, logits=from_logits)
 
 
 def model_pixels(model: Autoencoder, loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """The images a model shows: its output activation, or the cb mean for cb-trained models."""
+    """The images a model shows: the pixel mean of its likelihood (its output activation, or the
+    cb mean for cb-trained models)."""
     output, from_logits = model.loss_input(logits)
-    return expected_pixels(loss, output, from_logits)
+    return get_likelihood(loss).mean(output, logits=from_logits)
 
 
 @dataclass
@@ -163,12 +170,12 @@ class Trainer:
         self.val_bce_floors = [
             bce_floor(self.val_batch(start, start + EVAL_CHUNK)) for start in range(0, len(self.val_stored), EVAL_CHUNK)
         ]
-        loss_floor = LOSS_FLOORS[config.train.loss]
-        self.val_floor = self._chunked_means(
-            lambda index, chunk: {
-                "floor": (self.val_bce_floors[index] if loss_floor is bce_floor else loss_floor(chunk)).mean()
-            }
-        )["floor"]
+        likelihood = get_likelihood(config.train.loss)
+
+        def chunk_floor(index: int, chunk: torch.Tensor) -> torch.Tensor:
+            return self.val_bce_floors[index] if likelihood.floor is bce_floor else likelihood.lowest(chunk)
+
+        self.val_floor = self._chunked_means(lambda index, chunk: {"floor": chunk_floor(index, chunk).mean()})["floor"]
         stored_max = float(self.val_stored.max()) if self.val_stored.numel() else 1.0
         self.data_range = max(1.0, stored_max * self.val_scale)
         self.epoch = 0

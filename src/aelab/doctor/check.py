@@ -19,7 +19,7 @@ from aelab.data import ImageData, data_for_run, prepare_batch
 from aelab.data.datasets import ImagesLike
 from aelab.errors import ConfigError, RunFolderError
 from aelab.findings import Finding, finding_key, read_findings
-from aelab.losses import get_loss
+from aelab.likelihoods import get_likelihood
 from aelab.models import Autoencoder, build_model
 from aelab.runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_run
 from aelab.sweep import SWEEP_FILE
@@ -84,7 +84,7 @@ def check(
     data: an `ImageData` (its first `images` validation images, scaled by `data.scale` exactly
         as aelab would feed them), or a tensor (N, ...) of inputs exactly as you feed the model;
         either is cast to the model's floating dtype and moved to its device.
-    loss: the reconstruction loss you train with, a key of `aelab.LOSSES` ("bce", "mse", ...).
+    loss: the reconstruction loss you train with, a key of `aelab.LIKELIHOODS` ("bce", "mse", ...).
     from_logits: True when the model returns logits (trained with BCEWithLogitsLoss), False when
         it returns pixels (after its own sigmoid, softmax, ...).
     Weight norms are compared with PyTorch's default initialisation of the same layers. Every
@@ -94,7 +94,7 @@ def check(
     does not allow (no traceable layers, no gradient, ...) are named in an "unchecked" finding.
     Returns the findings; `aelab.findings.save_findings(folder, findings)` writes them.
     Raises ConfigError for an unknown loss, or when the model raises on every input shape."""
-    get_loss(loss)
+    get_likelihood(loss)
     with preserved(model), own_random_state(model):
         return _check(model, data, loss, from_logits, images)
 

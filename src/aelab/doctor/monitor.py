@@ -17,7 +17,7 @@ from aelab.config import RunConfig
 from aelab.data import ImageData
 from aelab.errors import SetupFindingsError
 from aelab.findings import Finding, read_findings, save_findings
-from aelab.losses import LOSS_FLOORS, get_loss
+from aelab.likelihoods import get_likelihood
 from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
 from aelab.train import Callback, Trainer, TrainResult
 
@@ -119,10 +119,11 @@ class Baseline:
 
 def baseline(targets: torch.Tensor, loss: str) -> Baseline:
     mean_image = targets.mean(dim=0, keepdim=True)
+    likelihood = get_likelihood(loss)
     return Baseline(
         targets=targets,
-        mean_image_loss=float(get_loss(loss)(mean_image.expand_as(targets), targets, False).mean()),
-        loss_floor=float(LOSS_FLOORS[loss](targets).mean()),
+        mean_image_loss=float(likelihood.nll_from_pixels(mean_image.expand_as(targets), targets).mean()),
+        loss_floor=float(likelihood.lowest(targets).mean()),  # NaN when unknown: the gap is then on mse
         variance=float((targets - mean_image).square().mean()),
     )
 

@@ -10,18 +10,16 @@ what the next layer receives (so functional activations such as `F.relu` are fou
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aelab.activations import ACTIVATIONS
-from aelab.losses import expected_pixels, get_loss
+from aelab.likelihoods import get_likelihood
 from aelab.models import Autoencoder
 
 PROBE_IMAGES = 2000  # validation images in the fixed probe batch (all of mnist-10k's validation split)
@@ -30,15 +28,25 @@ TRACE_IMAGES = 64  # images used to identify each layer's activation
 CHUNK = 1024  # images per forward pass
 NEAR_BOUND = 0.01  # "saturated": within 1% of the activation's range from one of its bounds
 
-# Pre-activation beyond which a bounded activation is within NEAR_BOUND of a bound:
-# sigmoid(z) > 0.99 for z > logit(0.99); tanh(z) > 1 - 2 * 0.01 for z > atanh(0.98).
-SATURATION_THRESHOLDS = {
-    "sigmoid": math.log((1 - NEAR_BOUND) / NEAR_BOUND),
-    "tanh": math.atanh(1 - 2 * NEAR_BOUND),
-}
 # Order in which candidate activations are tried when several fit (relu and linear agree on
-# positive inputs; the first that fits is kept).
-CANDIDATES = ("relu", "sigmoid", "tanh", "linear", "leaky_relu", "elu", "selu", "gelu")
+# positive inputs; the first that fits is kept); any other registered activation comes after.
+PREFERRED = ("relu", "sigmoid", "tanh", "linear", "leaky_relu", "elu", "selu", "gelu")
+
+
+def saturation_threshold(activation: str | None) -> float | None:
+    """The |pre-activation| beyond which `activation` is within NEAR_BOUND of a bound (its
+    record's `saturation`), or None for an unbounded or unknown one."""
+    record = ACTIVATIONS.get(activation) if activation is not None else None
+    return record.saturation(NEAR_BOUND) if record is not None and record.saturation is not None else None
+
+
+def candidates(output: bool) -> tuple[str, ...]:
+    """The activations tracing tries, in order; output-only ones (softmax) for the output layer."""
+    rest = [name for name, record in ACTIVATIONS.items() if name not in PREFERRED and not record.output_only]
+    only = [name for name, record in ACTIVATIONS.items() if record.output_only] if output else []
+    return (*(name for name in PREFERRED if name in ACTIVATIONS), *rest, *only)
+
+
 WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 # Names under which models return their reconstruction among other outputs (a VAE's
 # {"recon": ..., "mu": ..., "logvar": ...}); any name containing "recon" counts too.
@@ -78,7 +86,7 @@ class Subject:
     """How to run and score a model.
 
     model: an aelab `Autoencoder` or any module mapping a batch to its reconstruction.
-    loss: a key of `aelab.losses.LOSSES`.
+    loss: a key of `aelab.LIKELIHOODS`.
     from_logits: whether a user model returns logits (None for aelab models, which decide).
     input_shape: the per-sample shape the model takes, e.g. (784,) for a model on flattened
         images; None when it takes the images as they are.
@@ -90,7 +98,7 @@ class Subject:
     input_shape: tuple[int, ...] | None = None
 
     def loss_input(self, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
-        """(output, from_logits) for `aelab.losses`, shaped like `images`."""
+        """(output, from_logits) for `Likelihood.nll`, shaped like `images`."""
         inputs = images if self.input_shape is None else images.reshape(images.shape[0], *self.input_shape)
         output = self.model(inputs)
         if isinstance(self.model, Autoencoder) and self.from_logits is None:
@@ -103,18 +111,19 @@ class Subject:
     def losses(self, images: torch.Tensor) -> torch.Tensor:
         """Per-image loss (B,), with gradients."""
         output, from_logits = self.loss_input(images)
-        return get_loss(self.loss)(output, images, from_logits)
+        return get_likelihood(self.loss).nll(output, images, logits=from_logits)
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(pixels, per-image loss) in chunks, in eval mode."""
         pixels, losses = [], []
+        likelihood = get_likelihood(self.loss)
         with eval_mode(self.model):
             for start in range(0, images.shape[0], CHUNK):
                 chunk = images[start : start + CHUNK]
                 output, from_logits = self.loss_input(chunk)
-                losses.append(get_loss(self.loss)(output, chunk, from_logits))
-                pixels.append(expected_pixels(self.loss, output, from_logits))
+                losses.append(likelihood.nll(output, chunk, logits=from_logits))
+                pixels.append(likelihood.mean(output, logits=from_logits))
         return torch.cat(pixels), torch.cat(losses)
 
 
@@ -148,7 +157,7 @@ def weight_layers(model: nn.Module) -> dict[nn.Module, str]:
 
 
 def _matches(name: str, values: torch.Tensor, target: torch.Tensor) -> bool:
-    candidate = F.softmax(values.flatten(1), dim=1) if name == "softmax" else ACTIVATIONS[name](values).flatten(1)
+    candidate = ACTIVATIONS[name].function(values).flatten(1)
     return candidate.shape == target.shape and bool(torch.allclose(candidate, target, rtol=1e-4, atol=1e-5))
 
 
@@ -175,8 +184,7 @@ def trace_layers(subject: Subject, images: torch.Tensor) -> list[Layer]:
     for index, (module, _, out) in enumerate(calls):
         is_output = index == len(calls) - 1
         following = final if is_output else calls[index + 1][1]
-        candidates = (*CANDIDATES, "softmax") if is_output else CANDIDATES
-        activation = next((c for c in candidates if _matches(c, out, following)), None)
+        activation = next((c for c in candidates(is_output) if _matches(c, out, following)), None)
         if is_output and from_logits and activation == "linear":
             activation = "sigmoid"  # the loss applies the sigmoid to these logits
         if is_output and isinstance(subject.model, Autoencoder) and subject.from_logits is None:
@@ -220,8 +228,8 @@ def probe_forward(
         if layer.activation == "relu":
             now = (units > 0).any(dim=1)
             alive[module] = now if module not in alive else alive[module] | now
-        elif layer.activation in SATURATION_THRESHOLDS:
-            near = units.abs() > SATURATION_THRESHOLDS[layer.activation]
+        elif (threshold := saturation_threshold(layer.activation)) is not None:
+            near = units.abs() > threshold
             counts = saturated.setdefault(module, [0, 0])
             counts[0] += int(near.sum())
             counts[1] += near.numel()

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from aelab.activations import OUTPUT_RANGES
+from aelab.activations import ACTIVATIONS
 from aelab.findings import Finding
+from aelab.likelihoods import get_likelihood
 from aelab.losses import EPSILON, bce_floor
 
-PROBABILITY_LOSSES = ("bce", "cb")  # losses that read every target as a probability in [0, 1]
 SOFTMAX_SUM_TOLERANCE = 1e-3  # a reconstruction "sums to one" within this
 
 # How a fix names a change to an aelab setting: (config key, value or None) -> words. The
@@ -34,7 +34,7 @@ class Setup:
     """What the pre-training checks look at.
 
     loss: the training loss's name.
-    output_activation: the model's output activation (a key of OUTPUT_RANGES), or None when
+    output_activation: the model's output activation (a key of `aelab.activations.ACTIVATIONS`), or None when
         unknown (a user model whose last step could not be identified).
     targets: (N, ...) the images the model must reconstruct, as the model sees them.
     code_width / input_width: values per sample in the narrowest layer and in the input.
@@ -55,6 +55,11 @@ class Setup:
     pixels: torch.Tensor | None = None
     setting: Setting | None = config_setting
     raw_divisor: float | None = None
+
+
+def _reads_probabilities(loss: str) -> bool:
+    """Whether the loss reads every target (and prediction) as a probability in [0, 1]."""
+    return get_likelihood(loss).needs_unit_targets
 
 
 def _rescale_fix(setup: Setup, low: float, high: float) -> str:
@@ -97,7 +102,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
     }
     activation = setup.output_activation
     if activation is not None:
-        out_low, out_high = OUTPUT_RANGES[activation]
+        out_low, out_high = ACTIVATIONS[activation].output_range
         if out_low > low or out_high < high:
             unreachable = float(((targets > out_high) | (targets < out_low)).float().mean())
             findings.append(
@@ -123,7 +128,7 @@ def check_input_range(setup: Setup) -> list[Finding]:
                     fix=_rescale_fix(setup, low, high),
                 )
             )
-    if setup.loss in PROBABILITY_LOSSES:
+    if _reads_probabilities(setup.loss):
         findings.append(
             Finding(
                 id="bce-target-range",
@@ -201,7 +206,7 @@ def check_output_range(setup: Setup) -> list[Finding]:
     low, high = float(targets.min()), float(targets.max())
     if activation is None or activation == "softmax" or low < 0 or high > 1:
         return []  # softmax and out-of-range inputs have their own findings
-    out_low, out_high = OUTPUT_RANGES[activation]
+    out_low, out_high = ACTIVATIONS[activation].output_range
     evidence: dict[str, object] = {
         "output_activation": activation,
         "output_low": finite(out_low),
@@ -210,7 +215,7 @@ def check_output_range(setup: Setup) -> list[Finding]:
         "input_max": high,
         "loss": setup.loss,
     }
-    if setup.loss in PROBABILITY_LOSSES and (out_low < 0 or out_high > 1):
+    if _reads_probabilities(setup.loss) and (out_low < 0 or out_high > 1):
         measured = ""
         if setup.pixels is not None:
             share = float(((setup.pixels <= EPSILON) | (setup.pixels >= 1 - EPSILON)).float().mean())
