@@ -404,16 +404,22 @@ def describe_entries(names: list[str]) -> str:
     return f"{names[0]}, {names[1]} and {len(names) - 2} more"
 
 
-def check_replaceable(run_dir: Path) -> None:
-    """Refuse a folder that is not a plain aelab run folder (a sweep folder, or one holding a
-    file or folder aelab did not write), so nothing the user had there is ever deleted."""
+def refuse_sweep_folder(run_dir: Path, *, other_out: bool = False) -> None:
+    """Refuse, with how to resume it, a sweep folder (it holds sweep.yaml) given as a run folder."""
     if (run_dir / SWEEP_FILE).exists():
+        or_else = ", or choose another {out}" if other_out else ""
         raise RunFolderError(
             template="{folder} is a sweep folder (it holds {sweep_file}), not a run folder; "
-            "{run_sweep:{folder}} resumes it, or choose another {out}",
+            "{run_sweep:{folder}} resumes it" + or_else,
             folder=run_dir,
             sweep_file=SWEEP_FILE,
         )
+
+
+def check_replaceable(run_dir: Path) -> None:
+    """Refuse a folder that is not a plain aelab run folder (a sweep folder, or one holding a
+    file or folder aelab did not write), so nothing the user had there is ever deleted."""
+    refuse_sweep_folder(run_dir, other_out=True)
     foreign = foreign_entries(run_dir)
     if foreign:
         raise RunFolderError(
@@ -452,12 +458,16 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise RunFolderError(
-            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
-            folder=run_dir,
-            reason=error.strerror,
-        ) from None
+        raise _unwritable(run_dir, error) from None
     return run_dir
+
+
+def _unwritable(run_dir: Path, error: OSError) -> RunFolderError:
+    return RunFolderError(
+        template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
+        folder=run_dir,
+        reason=error.strerror,
+    )
 
 
 @contextlib.contextmanager
@@ -475,11 +485,7 @@ def claim_run_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunFolderError(
-            template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
-            folder=run_dir,
-            reason=error.strerror,
-        ) from None
+        raise _unwritable(run_dir, error) from None
     with run_lock(run_dir):
         yield prepare_run_dir(run_dir, overwrite=overwrite)
 
@@ -530,11 +536,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as error:
-            raise RunFolderError(
-                template="cannot write to run folder {folder}: {reason}; choose a writable {out}",
-                folder=run_dir,
-                reason=error.strerror,
-            ) from None
+            raise _unwritable(run_dir, error) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -41,7 +41,6 @@ from aelab.runs import (
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT,
     CONFIG_FILE,
-    SWEEP_FILE,
     atomic_write_bytes,
     check_free_space,
     claim_run_dir,
@@ -53,6 +52,7 @@ from aelab.runs import (
     read_safetensors,
     read_status,
     read_threads,
+    refuse_sweep_folder,
     remove_temporaries,
     run_lock,
     save_config,
@@ -638,13 +638,7 @@ def resume(
         raise RunFolderError(
             template="{folder} is not a run folder; pass the folder that {train} wrote", folder=run_dir
         )
-    if (run_dir / SWEEP_FILE).exists():
-        raise RunFolderError(
-            template="{folder} is a sweep folder (it holds {sweep_file}), not a run folder; "
-            "{run_sweep:{folder}} resumes it",
-            folder=run_dir,
-            sweep_file=SWEEP_FILE,
-        )
+    refuse_sweep_folder(run_dir)
     status = read_status(run_dir)
     call = f"aelab.resume({str(run_dir)!r}, data=images)"
     if status.get("state") == "finished":
