@@ -115,3 +115,10 @@ def test_a_run_folder_with_another_config_is_still_refused(tmp_path):
     run_sweep(spec, out)
     with pytest.raises(RunFolderError, match=r"another base config \(train\.seed is 0 there, 1 here\)"):
         run_sweep(SweepSpec(TINY_BASE.replace(train={"seed": 1, "threads": 2}), spec.grid), out)
+
+
+def test_a_sweep_on_the_in_memory_dataset_is_refused_before_the_sweep_folder_is_made(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["compare", "--dataset", "in-memory", "--out", str(out), "--quiet", "--no-report"]) == 2
+    assert "images passed from Python" in capsys.readouterr().err
+    assert not out.exists()

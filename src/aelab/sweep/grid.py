@@ -138,12 +138,17 @@ def check_names(config: RunConfig) -> None:
     whether train.engine can train that model. Raises ConfigError or DataError."""
     import torch
 
-    from aelab.data import DATASETS
+    from aelab.data import DATASETS, IN_MEMORY
     from aelab.fast import choose_engine
     from aelab.models import build_model
     from aelab.train import check_config
 
     check_config(config)
+    if config.data.name == IN_MEMORY:
+        raise ConfigError(
+            f"dataset {IN_MEMORY!r} is images passed from Python and a sweep loads its data by name; "
+            "save them with np.save and use dataset 'array' with data.path"
+        )
     shape = DATASETS[config.data.name].shape or (1, 28, 28)  # check_config refused an unknown name
     with torch.device("meta"):
         model = build_model(config.model, shape, loss=config.train.loss)
