@@ -11,6 +11,10 @@ TINY = {
     "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "threads": 1},
 }
 
+# For runs whose history is compared with a resumed run's: aelab.resume runs neither the doctor
+# (whose doctor_* numbers join the metrics rows) nor the report.
+NO_DOCTOR = {"doctor": False, "report": False}
+
 TINY_FLAGS = [
     "--train-limit", "256", "--val-limit", "64", "--hidden", "16", "--latent", "4",
     "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--threads", "1", "--quiet",

@@ -21,6 +21,7 @@ from aelab.fast import ONE_THREAD_BELOW, _cgroup_cpu_quota, choose_threads, usab
 from aelab.runs import read_status, read_threads
 from aelab.train import Callback
 
+from .conftest import NO_DOCTOR
 from .cpu_load import cpu_burners
 from .test_resume import Stop, StopAfter, assert_same_run, assert_same_tensors
 
@@ -36,9 +37,6 @@ STEP_VALUES = 64 * 784
 needs_two_cores = pytest.mark.skipif(
     usable_cores() < 2, reason="on one usable core every rule picks one thread: nothing to tell apart"
 )
-
-# The doctor and the report are not what these tests compare; resume() runs neither.
-NO_DOCTOR = {"doctor": False, "report": False}
 
 
 def step_config(**train_values) -> RunConfig:

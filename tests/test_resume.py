@@ -16,6 +16,8 @@ from aelab.errors import RunFolderError
 from aelab.runs import read_status
 from aelab.train import Callback
 
+from .conftest import NO_DOCTOR
+
 BASE = {
     "data": {"train_limit": 96, "val_limit": 32},
     "model": {"hidden_dims": [8], "latent_dim": 3},
@@ -45,7 +47,6 @@ class StopAfter(Callback):
 # `train` runs the doctor, which adds its monitor numbers to the metrics rows of the epochs it
 # watched, and writes a report; a resumed run has neither for the epochs after the resume, so
 # the runs compared with resumed ones here are trained without them.
-NO_DOCTOR = {"doctor": False, "report": False}
 
 
 def config_with(**sections):

@@ -607,10 +607,9 @@ def command_datasets(args: argparse.Namespace) -> int:
 
 
 def given_flags(args: argparse.Namespace) -> list[str]:
-    """The run options (and --config, --raw-pixels, --tied) given on the command line."""
-    given = [flag for flag, _, key, _ in RUN_OPTIONS if getattr(args, f"opt_{key}") is not None]
-    others = (("--config", args.config), ("--raw-pixels", args.raw_pixels), ("--tied", args.tied))
-    return given + [flag for flag, value in others if value]
+    """The names of the flags given that set the run's config (`given_run_flags`), and --config."""
+    typed = [text.split(" ", 1)[0] for text in given_run_flags(args).values()]
+    return typed + (["--config"] if args.config else [])
 
 
 def refuse_in_memory(run_dir: Path, call: str) -> None:
