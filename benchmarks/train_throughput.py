@@ -16,6 +16,14 @@ slows every variant alike.
     python benchmarks/train_throughput.py            # about 2 minutes
     python benchmarks/train_throughput.py --quick    # a few seconds, a smoke check
     python benchmarks/train_throughput.py --threads-sweep   # aelab at 1 vs 2 threads by batch size
+    python benchmarks/train_throughput.py --whole-run       # whole `aelab train` runs, per epoch
+
+The whole-run measure is what a user waits for: `aelab.train(config, out)` exactly as `aelab train`
+runs it (doctor, checkpoints, metrics.jsonl, status, report), on all 8,000 training and 2,000
+validation images at batch 256, against the tutorial loop that also computes its validation loss
+every epoch (as Keras `fit(validation_data=...)` does). Its per-epoch cost is the difference
+between a long and a short run divided by the epochs between them, so the one-off start (data,
+model, set-up checks) and finish (model file, report) cancel out; they are printed apart.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -31,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import aelab
 from aelab import ImageData, RunConfig, load_dataset
 from aelab.train import Trainer
 
@@ -49,11 +59,14 @@ def flops_per_sample() -> int:
     return 6 * sum(a * b for a, b in itertools.pairwise(DIMS))
 
 
-def tutorial_epoch(images: torch.Tensor, batch_size: int) -> Callable[[], float]:
+def tutorial_epoch(images: torch.Tensor, batch_size: int, val: torch.Tensor | None = None) -> Callable[[], float]:
+    """The Keras-style tutorial epoch; with `val`, then its validation loss over a DataLoader of
+    the validation images, as `fit(validation_data=...)` computes it every epoch."""
     model = classic_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = nn.BCELoss()
     loader = DataLoader(TensorDataset(images), batch_size=batch_size, shuffle=True)
+    val_loader = DataLoader(TensorDataset(val), batch_size=batch_size) if val is not None else None
 
     def run() -> float:
         started = time.perf_counter()
@@ -62,6 +75,10 @@ def tutorial_epoch(images: torch.Tensor, batch_size: int) -> Callable[[], float]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        if val_loader is not None:
+            with torch.no_grad():
+                total = sum(float(criterion(model(batch), batch)) * batch.shape[0] for (batch,) in val_loader)
+            assert total >= 0
         return time.perf_counter() - started
 
     return run
@@ -83,6 +100,51 @@ def in_memory_epoch(images: torch.Tensor, batch_size: int) -> Callable[[], float
         return time.perf_counter() - started
 
     return run
+
+
+def aelab_run(config: RunConfig, data: ImageData, epochs: int) -> Callable[[], float]:
+    """One whole `aelab.train` run of `epochs` epochs into a fresh folder: seconds."""
+
+    def run() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            started = time.perf_counter()
+            aelab.train(config.replace(train={"epochs": epochs}), f"{folder}/run", data=data, progress=False)
+            return time.perf_counter() - started
+
+    return run
+
+
+def whole_run(args: argparse.Namespace) -> None:
+    """Whole `aelab train` runs against the tutorial loop with a per-epoch validation loss."""
+    torch.set_num_threads(args.threads)
+    config = RunConfig.from_dict({"train": {"learning_rate": 1e-3, "threads": args.threads, "batch_size": 256}})
+    data = load_dataset(config.data)
+    floats = data.train.float().mul(data.scale).flatten(1)
+    val = data.val.float().mul(data.scale).flatten(1)
+    count = floats.shape[0]
+    short, long = (2, 6) if args.quick else (5, 25)
+    tutorial = tutorial_epoch(floats, 256, val)
+    runs = {short: aelab_run(config, data, short), long: aelab_run(config, data, long)}
+    tutorial()
+    runs[short]()  # warm-up
+    repeats = max(3, args.repeats // 3)
+    tutorial_seconds: list[float] = []
+    run_seconds: dict[int, list[float]] = {short: [], long: []}
+    for _ in range(repeats):  # interleaved: load changes hit every variant
+        tutorial_seconds.append(statistics.median(tutorial() for _ in range(5)))
+        for epochs, run in runs.items():
+            run_seconds[epochs].append(run())
+    per_epoch = [(b - a) / (long - short) for a, b in zip(run_seconds[short], run_seconds[long], strict=True)]
+    fixed = statistics.median(a - short * e for a, e in zip(run_seconds[short], per_epoch, strict=True))
+    print(f"torch {torch.__version__}, {args.threads} threads, {count} training and {val.shape[0]} validation images")
+    print(f"whole runs of {short} and {long} epochs at batch 256, {repeats} repeats, interleaved")
+    print(f"  {'variant':<40} {'samples/s':>10} {'x tutorial':>11}")
+    tutorial_speed = count / statistics.median(tutorial_seconds)
+    print(f"  {'tutorial + validation loss, per epoch':<40} {tutorial_speed:>10,.0f} {1.0:>10.2f}x")
+    ratio = paired_ratio(per_epoch, tutorial_seconds)
+    speed = count / statistics.median(per_epoch)
+    print(f"  {'aelab train (whole run), per epoch':<40} {speed:>10,.0f} {ratio:>10.2f}x")
+    print(f"  one-off start and finish of a run (data, checks, model file, report): {fixed:.2f} s")
 
 
 def aelab_epoch(config: RunConfig, data: ImageData, engine: str) -> Callable[[], float]:
@@ -220,12 +282,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="epochs timed per variant (default 9, quick 3)")
     parser.add_argument("--quick", action="store_true", help="2,048 images and 3 repeats: a smoke check")
     parser.add_argument("--threads-sweep", action="store_true", help="aelab at 1 vs 2 threads by batch size")
+    parser.add_argument("--whole-run", action="store_true", help="whole aelab train runs against the tutorial")
     args = parser.parse_args()
     args.images = 2048 if args.quick else 8000
     args.repeats = args.repeats or (3 if args.quick else 9)
     args.batch_sizes = (64, 256)
     if args.threads_sweep:
         threads_sweep(args)
+    elif args.whole_run:
+        whole_run(args)
     else:
         measure(args)
 
