@@ -6,7 +6,7 @@ The grid: the 4 losses (bce, mse, mae, cb) x sigmoid and relu hidden layers x 2 
 back in every repeat (the ratios are medians of those paired ratios, so the machine's speed
 changes between repeats cancel out):
 
-    whole runs      `aelab.train` per run against `aelab.ensemble.train_ensemble` for all, for
+    whole runs      `aelab.train` per run against `aelab.train.stacking.train_ensemble` for all, for
                     --epochs epochs: model set-up, training, and the per-epoch evaluation
     training steps  the training epochs alone: 16 `Trainer.train_epoch` calls against one
                     epoch of the stacked step (the measure of the issue's "16 models stacked
@@ -28,8 +28,8 @@ import time
 import torch
 
 from aelab import RunConfig, load_dataset, train
-from aelab.ensemble import _Group, _member_order_key, _train_epoch, train_ensemble
 from aelab.train import Trainer, thread_count
+from aelab.train.stacking import _Group, _member_order_key, _train_epoch, train_ensemble
 
 
 def grid(images: int, batch_size: int, threads: int | None, epochs: int = 1) -> list[RunConfig]:

@@ -6,13 +6,13 @@ import sys
 import time
 from collections.abc import Iterator
 
-from aelab.fast import runnable_elsewhere, usable_cores
+from aelab.train.threads import runnable_elsewhere, usable_cores
 
 
 @contextlib.contextmanager
 def cpu_burners(count: int | None = None) -> Iterator[None]:
     """Keep `count` other processes (default: one per usable core) running during the block,
-    and wait until the system sees them ready to run (`aelab.fast.runnable_elsewhere`), so a
+    and wait until the system sees them ready to run (`aelab.train.threads.runnable_elsewhere`), so a
     load-based thread choice made inside the block sees that load. They are killed at the end."""
     count = usable_cores() if count is None else count
     burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]

@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from aelab import load_run, resume
 from aelab.cli import main
-from aelab.fast import ONE_THREAD_BELOW, usable_cores
 from aelab.runs import read_status, read_threads
+from aelab.train.threads import ONE_THREAD_BELOW, usable_cores
 
 from .conftest import wait_for
 from .cpu_load import cpu_burners

@@ -13,13 +13,12 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from aelab import RunConfig, resume, train, train_ensemble
-from aelab import fast as fast_module
+from aelab import Callback, RunConfig, resume, train, train_ensemble
 from aelab.cli import main
 from aelab.errors import AelabError, RunFolderError
-from aelab.fast import ONE_THREAD_BELOW, _cgroup_cpu_quota, choose_threads, usable_cores
 from aelab.runs import read_status, read_threads
-from aelab.train import Callback
+from aelab.train import threads as threads_module
+from aelab.train.threads import ONE_THREAD_BELOW, _cgroup_cpu_quota, choose_threads, usable_cores
 
 from .conftest import NO_DOCTOR
 from .cpu_load import cpu_burners
@@ -68,11 +67,6 @@ def threads_restored():
     torch.set_num_threads(before)
 
 
-def assert_weights_differ(left, right):
-    first, second = load_file(left), load_file(right)
-    assert any(not torch.equal(first[name], second[name]) for name in first)
-
-
 @needs_two_cores
 def test_the_same_config_beside_a_cpu_burner_and_without_gives_bit_identical_weights(tmp_path):
     assert STEP_VALUES >= ONE_THREAD_BELOW  # else the default is one thread and the test proves nothing
@@ -88,10 +82,11 @@ def test_the_same_config_beside_a_cpu_burner_and_without_gives_bit_identical_wei
         assert read_status(run_dir)["threads"] == cores
         assert checkpoint_threads(run_dir) == str(cores)
     assert_same_run(tmp_path / "quiet", tmp_path / "busy")
-    # and the thread count does change the numbers, so the equality above is not a given
+    # Whether another thread count changes the numbers depends on the CPU's GEMM kernels (it did
+    # on the Xeon this was written on; on an AMD EPYC, 1 and 2 threads give the same bits), so
+    # what is checked is the count itself, recorded above in status.json and the checkpoint.
     train(step_config(threads=1), tmp_path / "one", progress=False, **NO_DOCTOR)
     assert read_status(tmp_path / "one")["threads"] == 1
-    assert_weights_differ(tmp_path / "quiet" / "model.safetensors", tmp_path / "one" / "model.safetensors")
 
 
 @needs_two_cores
@@ -103,7 +98,7 @@ def test_resume_reuses_the_recorded_thread_count_under_other_load_and_another_de
         train(config, tmp_path / "stopped", progress=False, callbacks=[StopAfter(1)], **NO_DOCTOR)
     assert read_threads(tmp_path / "stopped") == cores
     # Now the default would say one thread (a machine with one core), and the machine is busy.
-    monkeypatch.setattr(fast_module, "usable_cores", lambda: 1)
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 1)
     assert choose_threads(STEP_VALUES) == 1
     seen = SeeThreads()
     with cpu_burners(cores):
@@ -165,7 +160,7 @@ def test_a_sweep_resumes_its_killed_run_on_the_recorded_thread_count(tmp_path, m
     shutil.rmtree(out / point.name)  # as if killed mid-run: trained to epoch 1 on every core
     with pytest.raises(Stop):
         train(point.config, out / point.name, progress=False, callbacks=[StopAfter(1)], **NO_DOCTOR)
-    monkeypatch.setattr(fast_module, "usable_cores", lambda: 1)  # the default now says one thread
+    monkeypatch.setattr(threads_module, "usable_cores", lambda: 1)  # the default now says one thread
     with cpu_burners(cores):
         result = run_sweep(spec, out)
     assert result.resumed == [point.name]
@@ -301,8 +296,8 @@ def test_usable_cores_follow_a_cgroup_cpu_quota(tmp_path):
 
 
 def test_the_default_count_is_the_cores_capped_by_the_quota(monkeypatch):
-    monkeypatch.setattr(fast_module, "_cgroup_cpu_quota", lambda: 1)
+    monkeypatch.setattr(threads_module, "_cgroup_cpu_quota", lambda: 1)
     assert usable_cores() == 1
     assert choose_threads(STEP_VALUES) == 1
-    monkeypatch.setattr(fast_module, "_cgroup_cpu_quota", lambda: 10_000)
-    assert usable_cores() == len(fast_module.os.sched_getaffinity(0))
+    monkeypatch.setattr(threads_module, "_cgroup_cpu_quota", lambda: 10_000)
+    assert usable_cores() == len(threads_module.os.sched_getaffinity(0))

@@ -17,7 +17,8 @@ from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.errors import RunFolderError
 from aelab.runs import atomic_write_text, read_status
-from aelab.train import Trainer, estimate_run_bytes
+from aelab.train import RunState
+from aelab.train.run import REPORT_BYTES
 
 FLAGS = ["--train-limit", "64", "--val-limit", "16", "--hidden", "6", "--latent", "2", "--batch-size", "32",
          "--threads", "1", "--epochs", "3", "--quiet"]  # fmt: skip
@@ -112,7 +113,7 @@ def test_the_space_estimate_covers_what_a_run_writes(tmp_path, sections):
     config = RunConfig.from_dict(
         {"data": {"train_limit": 64, "val_limit": 16}, "train": {"epochs": 3, "batch_size": 32, "threads": 1}}
     ).replace(**sections)
-    estimate = estimate_run_bytes(Trainer(config, load_dataset(config.data)))
+    estimate = RunState(config, load_dataset(config.data)).estimate_run_bytes(REPORT_BYTES)
     train(config, tmp_path / "run", progress=False)
     sizes = {p.name: p.stat().st_size for p in (tmp_path / "run").iterdir()}
     peak = sum(sizes.values()) + sizes["checkpoint.safetensors"]  # old and new checkpoint side by side

@@ -14,7 +14,8 @@ from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.findings import read_findings
 from aelab.runs import read_status
-from aelab.train import Trainer
+from aelab.train import RunState
+from aelab.train.steps import AutogradStep, FastStep
 
 FLAGS = ["--train-limit", "256", "--val-limit", "64", "--hidden", "16", "--latent", "4", "--batch-size", "32",
          "--threads", "1", "--quiet"]  # fmt: skip
@@ -58,21 +59,24 @@ def test_learning_rate_1e4_stops_in_its_first_epoch_with_one_line(tmp_path, caps
 
 
 def poison(monkeypatch, at_step, what):
-    """Make Trainer.train_step go wrong at global step `at_step` (1-based)."""
-    real_step = Trainer.train_step
+    """Make the training step (either engine) go wrong at global step `at_step` (1-based)."""
     calls = []
 
-    def train_step(self, images):
-        calls.append(1)
-        loss = real_step(self, images)
-        if len(calls) == at_step:
-            if what == "loss":
-                return torch.tensor(math.nan)
-            with torch.no_grad():
-                next(self.model.parameters())[0] = math.inf
-        return loss
+    def poisoned(real_step):
+        def train_step(self, images):
+            calls.append(1)
+            loss = real_step(self, images)
+            if len(calls) == at_step:
+                if what == "loss":
+                    return torch.full_like(loss, math.nan)
+                with torch.no_grad():
+                    next(self.states[0].model.parameters())[0] = math.inf
+            return loss
 
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+        return train_step
+
+    for step_class in (AutogradStep, FastStep):
+        monkeypatch.setattr(step_class, "__call__", poisoned(step_class.__call__))
 
 
 @pytest.mark.parametrize(
@@ -114,10 +118,9 @@ def test_raw_pixel_runs_are_not_mistaken_for_divergence(loss):
 
 def test_losses_read_back_in_windows_name_the_exact_step():
     config = RunConfig.from_dict(TINY)
-    trainer = Trainer(config, load_dataset(config.data))
-    trainer.epoch = 2
-    trainer.check_losses([0.7, 0.6], 0)  # steps 9 and 10; the first loss seen becomes the yardstick
-    assert trainer.reference_loss == 0.7
+    guard = RunState(config, load_dataset(config.data)).guard
+    guard.check_losses([0.7, 0.6], 2, 0)  # epoch 3, steps 9 and 10; the first loss seen becomes the yardstick
+    assert guard.reference_loss == 0.7
     with pytest.raises(DivergenceError, match=r"at step 12 \(epoch 3\): the training loss exploded to 2000"):
-        trainer.check_losses([0.5, 2000.0, math.nan], 2)
-    assert trainer.last_finite_loss == 0.5
+        guard.check_losses([0.5, 2000.0, math.nan], 2, 2)
+    assert guard.last_finite_loss == 0.5

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 import aelab
 from aelab import RunConfig, load_run, train
-from aelab.activations import ACTIVATIONS, Activation, get_activation_record
 from aelab.cli import main
 from aelab.errors import ConfigError
 from aelab.evaluate import evaluate_run
 from aelab.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES, get_loss
+from aelab.nn.activations import ACTIVATIONS, Activation, get_activation_record
 from aelab.report import render_report
 from aelab.runs import read_metrics
 
@@ -69,9 +69,9 @@ def test_a_likelihood_registered_in_a_test_trains_evaluates_reports_and_prints(l
     run = load_run(tmp_path / "run")
     evaluation = evaluate_run(tmp_path / "run")
     assert evaluation.error is None
-    from aelab.train import Trainer
+    from aelab.train import RunState
 
-    targets = Trainer(run.config, aelab.load_dataset(run.config.data)).val_targets
+    targets = RunState(run.config, aelab.load_dataset(run.config.data)).validation.targets
     with torch.no_grad():
         expected = float(_logistic_from_pixels(torch.sigmoid(run.model(targets)), targets).mean())
     assert history[-1]["val_loss"] == pytest.approx(expected, rel=1e-5)

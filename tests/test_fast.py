@@ -7,13 +7,17 @@ import torch
 from safetensors import safe_open
 
 from aelab import RunConfig, load_run, train
-from aelab.activations import ACTIVATIONS, OUTPUT_ONLY
 from aelab.data import load_dataset
-from aelab.ensemble import train_ensemble
 from aelab.errors import ConfigError
-from aelab.fast import ACTIVATION_GRADIENTS, _running_here, choose_threads, optimizer_step, usable_cores
 from aelab.losses import LOSSES
-from aelab.train import OPTIMIZERS, Trainer
+from aelab.nn.activations import ACTIVATIONS, OUTPUT_ONLY
+from aelab.train import OPTIMIZERS, RunState
+from aelab.train.checkpoint import checkpoint_bytes, load_checkpoint
+from aelab.train.fast import ACTIVATION_GRADIENTS, optimizer_step
+from aelab.train.loop import run_epoch
+from aelab.train.stacking import train_ensemble
+from aelab.train.steps import make_step
+from aelab.train.threads import _running_here, choose_threads, usable_cores
 
 from .conftest import TINY
 
@@ -36,15 +40,16 @@ def tiny(model: dict | None = None, **train_values) -> RunConfig:
     )
 
 
-def train_both(config: RunConfig, steps: int = 3) -> tuple[Trainer, Trainer, list[tuple[float, float]]]:
+def train_both(config: RunConfig, steps: int = 3) -> tuple[RunState, RunState, list[tuple[float, float]]]:
     data = load_dataset(config.data)
-    reference = Trainer(config.replace(train={"engine": "autograd"}), data)
-    fast = Trainer(config.replace(train={"engine": "fast"}), data)
-    assert (reference.fast_step, fast.engine) == (None, "fast")
+    reference = RunState(config.replace(train={"engine": "autograd"}), data)
+    fast = RunState(config.replace(train={"engine": "fast"}), data)
+    assert (reference.engine, fast.engine) == ("autograd", "fast")
+    reference_step, fast_step = make_step([reference]), make_step([fast])
     losses = []
     for step in range(steps):
-        images = reference.batch(torch.arange(step * 32, step * 32 + 32))
-        losses.append((float(reference.train_step(images)), float(fast.train_step(images))))
+        images = reference.batch(torch.arange(step * 32, step * 32 + 32))[None]  # (1, B, C, H, W)
+        losses.append((float(reference_step(images)[0]), float(fast_step(images)[0])))
     return reference, fast, losses
 
 
@@ -66,7 +71,7 @@ def test_fast_step_equals_autograd_for_every_activation_and_loss(activation, los
     for autograd_loss, fast_loss in losses:
         assert fast_loss == pytest.approx(autograd_loss, rel=1e-5, abs=1e-6)
     assert_same_weights(reference.model, fast.model, atol=1e-6)
-    assert not torch.equal(reference.model.encoder[0].weight, Trainer(config, reference.data).model.encoder[0].weight)
+    assert not torch.equal(reference.model.encoder[0].weight, RunState(config, reference.data).model.encoder[0].weight)
 
 
 @pytest.mark.parametrize(
@@ -96,23 +101,23 @@ def test_fused_optimizers_follow_the_same_path(optimizer):
 def test_engine_fast_refuses_a_conv_model_and_auto_falls_back():
     config = tiny({"kind": "conv", "hidden_dims": [4], "latent_dim": 4})
     data = load_dataset(config.data)
-    assert Trainer(config, data).engine == "autograd"
+    assert RunState(config, data).engine == "autograd"
     with pytest.raises(ConfigError, match="engine fast"):
-        Trainer(config.replace(train={"engine": "fast"}), data)
+        RunState(config.replace(train={"engine": "fast"}), data)
     with pytest.raises(ConfigError, match=r"train\.engine"):
         tiny(engine="jit")
 
 
 def test_fast_engine_checkpoint_resumes_bit_identically(tmp_path, tiny_config):
     data = load_dataset(tiny_config.data)
-    straight = Trainer(tiny_config, data)
+    straight = RunState(tiny_config, data)
     assert straight.engine == "fast"
-    straight.run_epoch()
-    (tmp_path / "ckpt").write_bytes(straight.checkpoint_bytes())
-    straight.run_epoch()
-    resumed = Trainer(tiny_config, data)
-    resumed.load_checkpoint(tmp_path / "ckpt")
-    resumed.run_epoch()
+    run_epoch(straight)
+    (tmp_path / "ckpt").write_bytes(checkpoint_bytes(straight))
+    run_epoch(straight)
+    resumed = RunState(tiny_config, data)
+    load_checkpoint(resumed, tmp_path / "ckpt")
+    run_epoch(resumed)
     for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     strip = lambda row: {k: v for k, v in row.items() if k != "seconds"}  # noqa: E731
@@ -134,8 +139,8 @@ def test_threads_follow_step_size_and_only_the_load_rule_follows_other_load():
 
 
 def test_cb_head_normaliser_matches_the_loss_module_on_both_sides_of_the_series_switch():
-    from aelab.fast import _cb_log_normalizer_and_gradient
     from aelab.losses import cb_log_normalizer
+    from aelab.train.fast import _cb_log_normalizer_and_gradient
 
     logits = torch.tensor([0.0, 1e-6, -0.005, 0.0199, -0.0201, 0.5, -3.0, 30.0, -80.0], dtype=torch.float64)
     leaf = logits.clone().requires_grad_()
@@ -269,12 +274,12 @@ def test_ensemble_checkpoint_resumes_as_a_solo_run(tmp_path):
     config = grid(epochs=2)[0]
     train_ensemble([config, config.replace(train={"seed": 5})], [tmp_path / "a", tmp_path / "b"], progress=False)
     data = load_dataset(config.data)
-    resumed = Trainer(config, data)
-    resumed.load_checkpoint(tmp_path / "a" / "checkpoint.safetensors")
-    resumed.run_epoch()  # a third epoch from the ensemble's state
-    straight = Trainer(config, data)
+    resumed = RunState(config, data)
+    load_checkpoint(resumed, tmp_path / "a" / "checkpoint.safetensors")
+    run_epoch(resumed)  # a third epoch from the ensemble's state
+    straight = RunState(config, data)
     for _ in range(3):
-        straight.run_epoch()
+        run_epoch(straight)
     assert resumed.history[-1]["val_loss"] == pytest.approx(straight.history[-1]["val_loss"], rel=1e-5)
 
 

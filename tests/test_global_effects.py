@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from aelab.config import ModelConfig
-from aelab.models import build_model
+from aelab.nn.models import build_model
 from aelab.runs import atomic_write_bytes, atomic_write_text
 from aelab.train import train
 

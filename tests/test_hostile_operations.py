@@ -15,14 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-import aelab.ensemble
 from aelab import load_run, train, train_ensemble
 from aelab.cli import main
 from aelab.errors import RunFolderError
 from aelab.report import find_runs
 from aelab.runs import LOCK_FILE, read_status, run_lock
 from aelab.sweep import read_sweep
-from aelab.train import Trainer
+from aelab.train import loop as train_loop
 from tests.conftest import TINY_FLAGS, wait_for
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs fcntl locks and SIGKILL")
@@ -94,12 +93,12 @@ PAUSE_AFTER_EPOCH_1 = textwrap.dedent(
     """
     import importlib, sys, time
     from pathlib import Path
-    training = importlib.import_module("aelab.train")  # the module; `aelab.train` is the function
+    training = importlib.import_module("aelab.train.loop")  # the one training loop
     paused, release, *argv = sys.argv[1:]
     real_end_epoch = training.end_epoch
 
-    def end_epoch(trainer, row, run_dir, *args, **kwargs):
-        real_end_epoch(trainer, row, run_dir, *args, **kwargs)
+    def end_epoch(member, row, *args, **kwargs):
+        real_end_epoch(member, row, *args, **kwargs)
         if row["epoch"] == 1:
             Path(paused).write_text("paused")
             deadline = time.monotonic() + 120
@@ -331,14 +330,14 @@ def test_compare_into_a_folder_that_is_not_a_sweep_is_refused(tmp_path, capsys):
 
 def test_interrupted_train_prints_the_resume_command_and_it_works(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    real_run_epoch = Trainer.run_epoch
+    real_train_epoch = train_loop.train_epoch
 
-    def interrupt_in_epoch_2(trainer, *args, **kwargs):
-        if trainer.epoch == 1:
+    def interrupt_in_epoch_2(stack, *args, **kwargs):
+        if stack[0].state.epoch == 1:
             raise KeyboardInterrupt
-        return real_run_epoch(trainer, *args, **kwargs)
+        return real_train_epoch(stack, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "run_epoch", interrupt_in_epoch_2)
+    monkeypatch.setattr(train_loop, "train_epoch", interrupt_in_epoch_2)
     assert main(["train", *TINY_FLAGS, "--epochs", "3", "--out", str(run)]) == 130
     err = capsys.readouterr().err.strip()
     assert err == f"aelab: interrupted; continue the run with `aelab train --resume {run}`"
@@ -354,8 +353,7 @@ def test_interrupted_compare_prints_the_command_that_finishes_it(tmp_path, monke
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(aelab.ensemble, "_train_epoch", interrupt)
-    monkeypatch.setattr(Trainer, "run_epoch", interrupt)
+    monkeypatch.setattr(train_loop, "train_epoch", interrupt)  # the one loop, stacked or not
     assert main(["compare", *SWEEP_FLAGS, "--grid", "loss=bce,mse", "--out", str(out)]) == 130
     assert capsys.readouterr().err.strip() == f"aelab: interrupted; finish the sweep with `aelab compare --out {out}`"
     monkeypatch.undo()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aelab.metrics import (
+from aelab.evaluate.metrics import (
     blob_score,
     intensity_bias,
     probe_accuracy,

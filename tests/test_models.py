@@ -3,7 +3,7 @@ import torch
 
 from aelab.config import ModelConfig
 from aelab.errors import ConfigError
-from aelab.models import INITS, build_model
+from aelab.nn.models import INITS, build_model
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (1, 8, 8), (3, 17, 9)])

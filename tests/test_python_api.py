@@ -12,7 +12,7 @@ import torch
 import yaml
 
 import aelab
-from aelab import DataConfig, DataError, ImageData, RunConfig, load_run, resume, train
+from aelab import Callback, DataConfig, DataError, ImageData, RunConfig, load_run, resume, train
 from aelab.cli import main
 from aelab.data import load_dataset
 from aelab.doctor import recheck_run
@@ -21,7 +21,7 @@ from aelab.findings import read_findings
 from aelab.losses import cb_mean
 from aelab.report import render_report
 from aelab.runs import read_metrics, read_status
-from aelab.train import Callback, Trainer, model_pixels
+from aelab.train import RunState
 
 IN_MEMORY = "in-memory"  # the dataset name a run on images passed from Python records
 
@@ -263,12 +263,14 @@ def test_a_cb_runs_model_pixels_are_the_pixels_evaluation_and_the_report_use(tmp
     )
     result = train(config, tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")
-    targets = Trainer(config, load_dataset(config.data)).val_targets  # (64, 1, 28, 28)
+    targets = RunState(config, load_dataset(config.data)).validation.targets  # (64, 1, 28, 28)
     with torch.no_grad():
         logits = run.model(targets)
         pixels = run.model.pixels(logits)
         fresh = result.model.pixels(result.model(targets))
-    assert torch.allclose(pixels, cb_mean(logits)) and torch.allclose(pixels, model_pixels(run.model, "cb", logits))
+    output, is_logits = run.model.loss_input(logits)
+    shown = aelab.LIKELIHOODS["cb"].mean(output, logits=is_logits)  # what evaluation and the report show
+    assert torch.allclose(pixels, cb_mean(logits)) and torch.allclose(pixels, shown)
     assert torch.allclose(fresh, pixels)
     assert not torch.allclose(pixels, torch.sigmoid(logits), atol=1e-3)  # the sigmoid is not the picture
     mse = float(((pixels - targets) ** 2).mean())

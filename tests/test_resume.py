@@ -10,11 +10,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from aelab import RunConfig, load_run, resume, train
+from aelab import Callback, RunConfig, load_run, resume, train
 from aelab.cli import main
 from aelab.errors import RunFolderError
 from aelab.runs import read_status
-from aelab.train import Callback
 
 from .conftest import NO_DOCTOR
 

@@ -11,11 +11,10 @@ import yaml
 from safetensors.torch import save_file
 
 import aelab
-from aelab import RunConfig, load_run, resume, train
+from aelab import Callback, RunConfig, load_run, resume, train
 from aelab.cli import main
 from aelab.errors import RunFolderError
 from aelab.runs import read_safetensors
-from aelab.train import Callback
 
 from .conftest import MakesMarker
 

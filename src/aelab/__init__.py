@@ -7,13 +7,12 @@ loss, compare them on equal footing, and see why a model gives a blob.
 from aelab.callbacks import LOGGERS, Callback, Logger
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.data import DATASETS, ImageData, load_dataset
-from aelab.ensemble import train_ensemble
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError, SetupFindingsError
 from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES
-from aelab.models import INITS, MODELS, build_model
+from aelab.nn.models import INITS, MODELS, build_model
 from aelab.runs import Run, load_run
-from aelab.train import OPTIMIZERS, TrainResult, resume, train
+from aelab.train import OPTIMIZERS, TrainResult, resume, train, train_ensemble
 
 __version__ = "0.1.0"
 

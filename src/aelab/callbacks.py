@@ -28,31 +28,34 @@ from aelab.errors import ConfigError
 from aelab.runs import METRICS_FILE, write_metrics
 
 if TYPE_CHECKING:
-    from aelab.train import Trainer, TrainResult
+    from aelab.train import TrainResult
+    from aelab.train.state import RunState
 
 
 class Callback:
-    """Hooks into a training run; override what you need. An exception stops the run with the
-    last epoch's checkpoint kept, as a kill would; an AelabError raised in `on_train_start` of
-    `aelab.train` or `aelab.resume` also marks the folder "stopped" (Doctor(strict=True))."""
+    """Hooks into a training run; override what you need. `trainer` is the run's
+    `aelab.train.RunState` (its model, config, data, validation set, epoch and history). An
+    exception stops the run with the last epoch's checkpoint kept, as a kill would; an
+    AelabError raised in `on_train_start` of `aelab.train` or `aelab.resume` also marks the
+    folder "stopped" (Doctor(strict=True))."""
 
-    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
+    def on_train_start(self, trainer: RunState, run_dir: Path | None) -> None:
         """Before the first step; `trainer.history` holds the epochs done before (a resume)."""
 
-    def on_step(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:
+    def on_step(self, trainer: RunState, step: int, loss: torch.Tensor) -> None:
         """After every optimisation step. step: the run's step number, counted from 1 over all
         epochs (epoch e, 0-based, holds steps e * steps_per_epoch + 1 ...); loss: the batch's
         mean training loss as a 0-d tensor on the training device, not synchronised: calling
         `float(loss)` or `.item()` on every step stalls an accelerator. A run that diverges
         reports its last steps too. Keep it cheap: it runs between steps."""
 
-    def on_epoch_end(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> Mapping[str, Any] | None:
+    def on_epoch_end(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> Mapping[str, Any] | None:
         """After an epoch is evaluated, before its checkpoint is written. row: the epoch's
         metrics as the trainer measured them (read-only). Returns the metrics this callback
         adds to the row (new keys, JSON numbers or strings), or None for none."""
         return None
 
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_train_end(self, trainer: RunState, result: TrainResult) -> None:
         """After the run finished (the best weights restored, the model saved)."""
 
 
@@ -64,7 +67,7 @@ class Logger(Callback):
     keeps a file should make it hold exactly those, dropping rows of epochs the killed run
     finished after its last checkpoint (they are trained again)."""
 
-    def log_epoch(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> None:
+    def log_epoch(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> None:
         raise NotImplementedError
 
 
@@ -72,11 +75,11 @@ class JsonlLogger(Logger):
     """metrics.jsonl: one JSON object per epoch, the whole history rewritten atomically, so a
     kill leaves either the old file or the new one."""
 
-    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
+    def on_train_start(self, trainer: RunState, run_dir: Path | None) -> None:
         if run_dir is not None and (trainer.history or (run_dir / METRICS_FILE).exists()):
             write_metrics(run_dir, trainer.history)  # a resume: drop rows written after the checkpoint
 
-    def log_epoch(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> None:
+    def log_epoch(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> None:
         if run_dir is not None:
             write_metrics(run_dir, trainer.history)
 
@@ -107,7 +110,7 @@ def build_loggers(names: Iterable[str]) -> list[Logger]:
 
 
 def epoch_extras(
-    callbacks: Iterable[Callback], trainer: Trainer, row: dict[str, Any], run_dir: Path | None
+    callbacks: Iterable[Callback], trainer: RunState, row: dict[str, Any], run_dir: Path | None
 ) -> dict[str, Any]:
     """What the callbacks add to an epoch's row: each sees the same read-only `row` and the
     additions are merged in the callbacks' order. A callback that returns a key the row or an
@@ -133,7 +136,7 @@ def epoch_extras(
     return extras
 
 
-def step_hook(callbacks: Iterable[Callback], trainer: Trainer) -> Callable[[int, torch.Tensor], None] | None:
+def step_hook(callbacks: Iterable[Callback], trainer: RunState) -> Callable[[int, torch.Tensor], None] | None:
     """One function that calls every callback's `on_step`, or None when none overrides it (the
     training loop then pays nothing per step)."""
     stepping = [callback for callback in callbacks if type(callback).on_step is not Callback.on_step]

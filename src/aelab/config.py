@@ -129,12 +129,12 @@ class DataConfig:
 class ModelConfig:
     """The autoencoder's architecture.
 
-    kind: a key of `aelab.models.MODELS` ("dense", "conv").
+    kind: a key of `aelab.nn.models.MODELS` ("dense", "conv").
     hidden_dims: encoder hidden widths (dense) or channel counts (conv); the decoder mirrors them.
     latent_dim: width of the code.
     activation: hidden-layer activation; code_activation overrides it for the code layer.
     output_activation: turns the decoder's logits into pixels.
-    init: weight initialisation, a key of `aelab.models.INITS`.
+    init: weight initialisation, a key of `aelab.nn.models.INITS`.
     tied: the dense decoder reuses the encoder's transposed weights.
     """
 

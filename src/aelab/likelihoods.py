@@ -57,7 +57,7 @@ from aelab.losses import (
 NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (output, target) -> (B,)
 MeanFn = Callable[[torch.Tensor], torch.Tensor]  # output -> pixels, same shape
 FloorFn = Callable[[torch.Tensor], torch.Tensor]  # target -> (B,)
-# A fused head for the fast step (`aelab.fast.DenseStep`), for a sigmoid output: it takes the
+# A fused head for the fast step (`aelab.train.fast.DenseStep`), for a sigmoid output: it takes the
 # logits z and targets x of k stacked members (k, B, D), returns each member's mean loss (k,)
 # (over images and pixels, as `nll` reduces) and overwrites z with dloss/dz.
 Head = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

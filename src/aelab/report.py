@@ -23,14 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from aelab.callbacks import Callback
 from aelab.data import IN_MEMORY, data_for_run
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError, RunFolderError
 from aelab.evaluate import Evaluation, evaluate_runs
-from aelab.metrics import COLLAPSE_BLOB_SCORE
+from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE
 from aelab.runs import CONFIG_FILE, REPORT_FILE, atomic_write_text, load_config
 from aelab.sweep import Sweep, read_sweep, short_key
-from aelab.train import Callback, Trainer, TrainResult
+from aelab.train import TrainResult
+from aelab.train.state import RunState
 
 # (key, column label, which value is best, format, meaning). Best: "min", "max", or the value
 # to be closest to ("zero", "one").
@@ -345,7 +347,7 @@ class Row:
     @property
     def seconds(self) -> float:
         """Training time of the members: each epoch's training and validation, a stacked run
-        charged its share of its group's step (see `aelab.ensemble`)."""
+        charged its share of its group's step (see `aelab.train.stacking`)."""
         return sum(float(r.get("seconds", 0.0)) for e in self.members for r in e.history)
 
 
@@ -675,6 +677,6 @@ class ReportWriter(Callback):
     """Writes the run folder's report.html when a run finishes (`aelab.train(..., report=True)`),
     evaluated on the images it trained on; `result.extras["report"]` is its path."""
 
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_train_end(self, trainer: RunState, result: TrainResult) -> None:
         if result.run_dir is not None:
             result.extras["report"] = render_report(result.run_dir, data=trainer.data)

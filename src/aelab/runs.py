@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -40,7 +41,7 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from aelab.config import RunConfig
 from aelab.errors import AelabError, RunFolderError
-from aelab.models import Autoencoder, build_model
+from aelab.nn.models import Autoencoder, build_model
 
 try:
     import fcntl
@@ -278,13 +279,25 @@ def _tensor_dict(state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, 
     return {prefix + name: value.detach().to("cpu").contiguous() for name, value in state.items()}
 
 
-def save_model(run_dir: Path, model: Autoencoder, config: RunConfig) -> None:
+def save_model(run_dir: Path, model: Autoencoder, config: RunConfig) -> str:
+    """model.safetensors in `run_dir`; returns its SHA-256 (status.json records it, so that the
+    metrics training measured are reused for exactly these weights: `model_digest`)."""
     metadata = {
         "format": MODEL_FORMAT,
         "config": json.dumps(config.to_dict()),
         "image_shape": json.dumps(list(model.image_shape)),
     }
-    atomic_write_bytes(run_dir / MODEL_FILE, save_safetensors_bytes(_tensor_dict(model.state_dict()), metadata))
+    data = save_safetensors_bytes(_tensor_dict(model.state_dict()), metadata)
+    atomic_write_bytes(run_dir / MODEL_FILE, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def model_digest(run_dir: str | Path) -> str | None:
+    """The SHA-256 of the run folder's model.safetensors, None when it cannot be read."""
+    try:
+        return hashlib.sha256((Path(run_dir) / MODEL_FILE).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -20,7 +20,7 @@ from aelab.data.datasets import ImagesLike
 from aelab.errors import ConfigError, RunFolderError
 from aelab.findings import Finding, finding_key, read_findings
 from aelab.likelihoods import get_likelihood
-from aelab.models import Autoencoder, build_model
+from aelab.nn.models import Autoencoder, build_model
 from aelab.runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_run
 from aelab.sweep import SWEEP_FILE
 

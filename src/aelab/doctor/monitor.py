@@ -13,15 +13,18 @@ from typing import Any
 
 import torch
 
+from aelab.callbacks import Callback
 from aelab.config import RunConfig
 from aelab.data import ImageData
 from aelab.errors import SetupFindingsError
+from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.likelihoods import get_likelihood
-from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
-from aelab.train import Callback, Trainer, TrainResult
+from aelab.train import TrainResult
+from aelab.train.state import RunState
 
 from .probe import (
+    EPOCH_PROBE_IMAGES,
     GRADIENT_IMAGES,
     NEAR_BOUND,
     PROBE_IMAGES,
@@ -572,9 +575,11 @@ def config_setup(
 
 class Doctor(Callback):
     """Runs the doctor during `aelab.train`: the pre-training checks at the start, the state
-    checks after every epoch on a fixed probe batch (the first PROBE_IMAGES validation images),
-    a few monitor numbers returned for each metrics row (doctor_*), and findings.json kept current
-    in the run folder. `findings` holds the latest list.
+    checks after every epoch on a fixed probe batch (the first EPOCH_PROBE_IMAGES validation
+    images), a few monitor numbers returned for each metrics row (doctor_*), findings.json kept
+    current in the run folder, and at the end the state checks once more on the whole probe
+    (the first PROBE_IMAGES validation images), so the final findings are measured on every
+    probe image. `findings` holds the latest list.
 
     strict: stop the run before its first step when the pre-training checks find an
         error-level problem: `on_train_start` raises SetupFindingsError (its `.findings` lists
@@ -589,17 +594,18 @@ class Doctor(Callback):
         self._streaks: dict[tuple[str, Any], int] = {}
         self._subject: Subject | None = None
 
-    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
+    def on_train_start(self, trainer: RunState, run_dir: Path | None) -> None:
         self._subject = Subject(trainer.model, trainer.config.train.loss)
-        self._probe = trainer.val_batch(0, PROBE_IMAGES)
+        self._probe = trainer.validation.batch(0, PROBE_IMAGES)
         self._baseline = baseline(self._probe, trainer.config.train.loss)
+        self._epoch_baseline = baseline(self._probe[:EPOCH_PROBE_IMAGES], trainer.config.train.loss)
+        self._saved: list[dict[str, Any]] | None = None
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
         setup = config_setup(trainer.config, self._subject, self._probe, trainer.data, self.setting)
         self.setup = setup_findings(setup)
         self.findings = list(self.setup)
-        if run_dir is not None:
-            merge_and_save(run_dir, self.findings)
+        self._save(run_dir)
         errors = [finding for finding in self.setup if finding.severity == "error"]
         if self.strict and errors:
             raise SetupFindingsError(
@@ -608,9 +614,18 @@ class Doctor(Callback):
                 errors,
             )
 
-    def _update(self, trainer: Trainer, run_dir: Path | None) -> State:
+    def _save(self, run_dir: Path | None) -> None:
+        """findings.json, rewritten only when the findings changed."""
+        saved = [finding.to_dict() for finding in self.findings]
+        if run_dir is not None and saved != self._saved:
+            merge_and_save(run_dir, self.findings)
+            self._saved = saved
+
+    def _update(self, trainer: RunState, run_dir: Path | None, *, whole: bool = False) -> State:
+        """Measure and check the model on the epoch probe, or with `whole` on the whole probe."""
         assert self._subject is not None, "on_train_start was not called"
-        state = measure(self._subject, self._baseline, self._layers, self._initial, "initial", epoch=trainer.epoch)
+        base = self._baseline if whole else self._epoch_baseline
+        state = measure(self._subject, base, self._layers, self._initial, "initial", epoch=trainer.epoch)
         context = run_context(trainer.config, self.setting)
         context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in trainer.history], state)
         context["setup_errors"] = [f.id for f in self.setup if f.severity == "error"]
@@ -622,15 +637,14 @@ class Doctor(Callback):
         self._streaks = streaks
         found = [Finding(**{**f.to_dict(), "epoch": streaks[(f.id, f.evidence.get("layer"))]}) for f in found]
         self.findings = self.setup + found
-        if run_dir is not None:
-            merge_and_save(run_dir, self.findings)
+        self._save(run_dir)
         return state
 
-    def on_epoch_end(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
+    def on_epoch_end(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
         state = self._update(trainer, run_dir)
         return {key: finite(value) for key, value in state.summary().items()}
 
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
-        if trainer.best_state is not None:  # the best epoch's weights were restored: look at them
-            self._update(trainer, result.run_dir)
+    def on_train_end(self, trainer: RunState, result: TrainResult) -> None:
+        # The final weights (the best epoch's, when they were restored) on every probe image.
+        self._update(trainer, result.run_dir, whole=True)
         result.extras["findings"] = self.findings

@@ -18,11 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from aelab.activations import ACTIVATIONS
+from aelab.evaluate.validation import reconstruct
 from aelab.likelihoods import get_likelihood
-from aelab.models import Autoencoder
+from aelab.nn.activations import ACTIVATIONS
+from aelab.nn.models import Autoencoder
 
 PROBE_IMAGES = 2000  # validation images in the fixed probe batch (all of mnist-10k's validation split)
+# The probe's first images, checked after every epoch during training: a quarter of the cost,
+# while the final check (and every check on a finished folder) sees the whole probe.
+EPOCH_PROBE_IMAGES = 512
 GRADIENT_IMAGES = 256  # images of the probe used for one backward pass per epoch
 TRACE_IMAGES = 64  # images used to identify each layer's activation
 CHUNK = 1024  # images per forward pass
@@ -113,18 +117,10 @@ class Subject:
         output, from_logits = self.loss_input(images)
         return get_likelihood(self.loss).nll(output, images, logits=from_logits)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pixels, per-image loss) in chunks, in eval mode."""
-        pixels, losses = [], []
-        likelihood = get_likelihood(self.loss)
+        """(pixels, per-image loss) in chunks, in eval mode: `aelab.evaluate.reconstruct`."""
         with eval_mode(self.model):
-            for start in range(0, images.shape[0], CHUNK):
-                chunk = images[start : start + CHUNK]
-                output, from_logits = self.loss_input(chunk)
-                losses.append(likelihood.nll(output, chunk, logits=from_logits))
-                pixels.append(likelihood.mean(output, logits=from_logits))
-        return torch.cat(pixels), torch.cat(losses)
+            return reconstruct(self.loss_input, get_likelihood(self.loss), images, chunk=CHUNK)
 
 
 @contextmanager

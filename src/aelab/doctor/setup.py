@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from aelab.activations import ACTIVATIONS
 from aelab.findings import Finding
 from aelab.likelihoods import get_likelihood
 from aelab.losses import EPSILON, bce_floor
+from aelab.nn.activations import ACTIVATIONS
 
 SOFTMAX_SUM_TOLERANCE = 1e-3  # a reconstruction "sums to one" within this
 
@@ -34,7 +34,7 @@ class Setup:
     """What the pre-training checks look at.
 
     loss: the training loss's name.
-    output_activation: the model's output activation (a key of `aelab.activations.ACTIVATIONS`), or None when
+    output_activation: the model's output activation (a key of `aelab.nn.activations.ACTIVATIONS`), or None when
         unknown (a user model whose last step could not be identified).
     targets: (N, ...) the images the model must reconstruct, as the model sees them.
     code_width / input_width: values per sample in the narrowest layer and in the input.

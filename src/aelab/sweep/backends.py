@@ -43,7 +43,7 @@ class Backend(Protocol):
 
 class LocalBackend:
     """Trains in this process: the unfinished runs one by one from their checkpoints, then
-    every fresh run at once through `aelab.ensemble.train_ensemble`, which stacks each of
+    every fresh run at once through `aelab.train.stacking.train_ensemble`, which stacks each of
     the plan's groups."""
 
     def run(
@@ -92,11 +92,11 @@ def train_runs(
     loggers: Iterable[str] = (),
 ) -> list[Any]:
     """Train each config into its run folder: the one place a sweep trains. Runs with the same
-    layer sizes train stacked (`aelab.ensemble.train_ensemble`), each with its own doctor and
+    layer sizes train stacked (`aelab.train.stacking.train_ensemble`), each with its own doctor and
     `make_callbacks()`. A run that diverges is marked "diverged" in its folder and the others
     still train; its result carries the message in `extras["diverged"]`."""
     from aelab.doctor import Doctor
-    from aelab.ensemble import train_ensemble
+    from aelab.train.stacking import train_ensemble
 
     def callbacks() -> list[Any]:
         return [*(make_callbacks() if make_callbacks is not None else ()), Doctor()]

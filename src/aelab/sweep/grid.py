@@ -133,15 +133,15 @@ def _safe(text: str) -> str:
 def check_names(config: RunConfig) -> None:
     """Every name in `config` checked against its registry, as training would check it, with
     no data read and no memory taken: the dataset and the data keys it reads, the loss and
-    the optimizer (`aelab.train.check_config`), the model kind, init and activations (the
+    the optimizer (`aelab.train.state.check_config`), the model kind, init and activations (the
     model built on torch's meta device, on the dataset's image shape where it is known), and
     whether train.engine can train that model. Raises ConfigError or DataError."""
     import torch
 
     from aelab.data import DATASETS, IN_MEMORY
-    from aelab.fast import choose_engine
-    from aelab.models import build_model
-    from aelab.train import check_config
+    from aelab.nn.models import build_model
+    from aelab.train.state import check_config
+    from aelab.train.steps import choose_engine
 
     check_config(config)
     if config.data.name == IN_MEMORY:
@@ -152,7 +152,7 @@ def check_names(config: RunConfig) -> None:
     shape = DATASETS[config.data.name].shape or (1, 28, 28)  # check_config refused an unknown name
     with torch.device("meta"):
         model = build_model(config.model, shape, loss=config.train.loss)
-    choose_engine(config.train.engine, model)
+    choose_engine(config, model)
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,9 @@ class SweepPlan:
     @property
     def groups(self) -> list[tuple[GridPoint, ...]]:
         """The fresh points by how they train: the points with equal
-        `aelab.ensemble.group_key` as one stacked group (in the order of their first point),
-        then each point that trains alone, as `aelab.ensemble.train_ensemble` trains them."""
-        from aelab.ensemble import group_key
+        `aelab.train.stacking.group_key` as one stacked group (in the order of their first point),
+        then each point that trains alone, as `aelab.train.stacking.train_ensemble` trains them."""
+        from aelab.train.stacking import group_key
 
         stacked: dict[str, list[GridPoint]] = {}
         alone: list[GridPoint] = []

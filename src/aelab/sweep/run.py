@@ -57,7 +57,7 @@ def run_sweep(
         (besides metrics.jsonl), as `aelab.train`'s."""
     from aelab.callbacks import check_loggers
     from aelab.evaluate import evaluate_runs
-    from aelab.train import resolve_device
+    from aelab.train.state import resolve_device
 
     loggers = check_loggers(loggers)
     say = echo or (lambda line: None)

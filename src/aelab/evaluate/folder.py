@@ -1,10 +1,12 @@
 """Evaluation of trained run folders on their validation split, on equal footing.
 
-`evaluate_run(run_dir)` rebuilds the model from the folder alone, runs it on the validation
-images with the same code the trainer evaluates with (`Trainer.evaluate`, so the numbers
-match metrics.jsonl), adds the linear-probe accuracy of the codes, and keeps what the report
-draws: a fixed set of reconstructions, the output-intensity histogram and a 2-D PCA view of
-the codes. The pixels are `aelab.train.model_pixels` (the cb mean for cb runs) throughout.
+`evaluate_run(run_dir)` rebuilds the model from the folder alone and scores it with
+`aelab.evaluate.evaluate`, the function training evaluates with. A finished run's metrics are
+those of its metrics.jsonl row for the weights it saved, when that row holds every metric (the
+last epoch's always does): the evaluation training did is reused, not repeated. It adds the
+linear-probe accuracy of the codes, and keeps what the report draws: a fixed set of
+reconstructions, the output-intensity histogram and a 2-D PCA view of the codes. The pixels
+are the likelihood's mean (the cb mean for cb runs) throughout.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from aelab.config import DataConfig, RunConfig
 from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare_batch
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
+from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
+from aelab.evaluate.validation import Validation, evaluate, model_forward, reconstruct
 from aelab.findings import Finding, read_findings
-from aelab.likelihoods import LIKELIHOODS
-from aelab.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
-from aelab.runs import load_config, load_run, read_metrics, read_status
+from aelab.likelihoods import LIKELIHOODS, get_likelihood
+from aelab.runs import load_config, load_run, model_digest, read_metrics, read_status
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class Evaluation:
     @property
     def collapsed(self) -> bool:
         """Outputs nearly the same image whatever the input: blob score under
-        `aelab.metrics.COLLAPSE_BLOB_SCORE`, the threshold of the doctor's blob check."""
+        `aelab.evaluate.metrics.COLLAPSE_BLOB_SCORE`, the threshold of the doctor's blob check."""
         return is_collapsed(self.metrics.get("blob_score", math.nan))
 
     @property
@@ -169,8 +172,6 @@ def evaluate_runs(run_dirs: Sequence[str | Path], data: ImagesLike | None = None
 
 
 def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Evaluation:
-    from aelab.train import Trainer, model_pixels
-
     status, findings = read_status(run_dir), read_findings(run_dir)
     try:
         history = read_metrics(run_dir)
@@ -188,34 +189,33 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
         else:
             call = f"aelab.report.render_report({str(run_dir)!r}, data=images)"
             data = data_for_run(run.config.data, data, str(run_dir), call)
-        trainer = Trainer(run.config.replace(train={"device": "cpu"}), data)
     except AelabError as error:
         evaluation.error = str(error)
         return evaluation
-    evaluation.config = run.config
-    trainer.model.load_state_dict(run.model.state_dict())
-    trainer.model.eval()
-    loss = run.config.train.loss
+    config = evaluation.config = run.config
+    model = run.model.to("cpu").eval()
+    likelihood = get_likelihood(config.train.loss)
+    validation = Validation.build(data, config.data, config.train.seed + 2)  # as training built it
 
-    targets = trainer.val_targets  # (M, C, H, W), prepared exactly as during training
+    targets = validation.targets  # (M, C, H, W), prepared exactly as during training
+    saved = _saved_row(run_dir, status, history, config)
+    measured = saved if saved is not None else evaluate(model, likelihood, validation, full=True)
     # "val_loss" (the run's own loss) keeps its prefix: a bare "loss" would read as the loss's name.
     metrics = {
-        key if key.startswith("val_loss") else key.removeprefix("val_"): value
-        for key, value in trainer.evaluate().items()
+        key if key.startswith("val_loss") else key.removeprefix("val_"): value for key, value in measured.items()
     }
-    pixels, _ = trainer.reconstruct(targets)
+    pixels, _ = reconstruct(model_forward(model), likelihood, targets)
     metrics["output_mean"] = float(pixels.mean())
     metrics["data_mean"] = float(targets.mean())
     with torch.no_grad():
-        codes = _encode(trainer.model, targets)
-    metrics["probe_accuracy"] = _probe(trainer, data, codes)
+        codes = _encode(model, targets)
+    metrics["probe_accuracy"] = _probe(model, config, data, codes)
     evaluation.metrics = metrics
 
     index = _sample_indices(data, SAMPLE_COUNT)
     evaluation.sample_targets = targets[index].cpu()
-    with torch.no_grad():
-        evaluation.sample_pixels = model_pixels(trainer.model, loss, trainer.model(targets[index])).cpu()
-    top = max(1.0, trainer.data_range)
+    evaluation.sample_pixels = pixels[index].cpu()
+    top = max(1.0, validation.data_range)
     edges = np.linspace(0.0, top, HISTOGRAM_BINS + 1)
     evaluation.histogram_edges = edges
     evaluation.histogram = _shares(pixels, edges)
@@ -227,20 +227,46 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
     return evaluation
 
 
+def _saved_row(
+    run_dir: Path, status: dict[str, Any], history: list[dict[str, Any]], config: RunConfig
+) -> dict[str, float] | None:
+    """The validation metrics training measured for the weights a finished run saved (the best
+    epoch's with early stopping, else the last epoch's), when that row holds every metric that
+    `evaluate(full=True)` gives and model.safetensors is still the file training wrote (its
+    SHA-256 in status.json); None otherwise (evaluate again)."""
+    if status.get("state") != "finished" or not history:
+        return None
+    if status.get("model_sha256") is None or status["model_sha256"] != model_digest(run_dir):
+        return None  # written before aelab recorded the digest, or the weights were changed since
+    epoch = int(status.get("best_epoch", len(history))) if config.train.patience is not None else len(history)
+    if not 1 <= epoch <= len(history):
+        return None
+    row = history[epoch - 1]
+    if any(key not in row for key in FULL_METRICS):
+        return None
+    return {key: float(row[key]) for key in FULL_METRICS}
+
+
+# Every key `evaluate(full=True)` returns, in its order.
+FULL_METRICS = (
+    "val_loss", "val_loss_excess", "val_mse", "val_mae", "val_bce", "val_bce_excess", "val_cb_nll", "val_psnr",
+    "val_ssim", "val_intensity_bias", "val_blob_score", "val_sharpness",
+)  # fmt: skip
+
+
 def _encode(model: torch.nn.Module, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
     return torch.cat([model.encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]).cpu()
 
 
-def _probe(trainer: Any, data: ImageData, val_codes: torch.Tensor) -> float:
+def _probe(model: torch.nn.Module, config: RunConfig, data: ImageData, val_codes: torch.Tensor) -> float:
     """Linear-probe accuracy of the codes, NaN without labels."""
     if data.train_labels is None or data.val_labels is None:
         return math.nan
     limit = min(PROBE_TRAIN_LIMIT, data.train.shape[0])
-    config = trainer.config.data
-    generator = torch.Generator().manual_seed(trainer.config.train.seed + 3)
-    images = prepare_batch(data.train[:limit], data.scale, config.binarize, config.threshold, generator)
+    generator = torch.Generator().manual_seed(config.train.seed + 3)
+    images = prepare_batch(data.train[:limit], data.scale, config.data.binarize, config.data.threshold, generator)
     with torch.no_grad():
-        train_codes = _encode(trainer.model, images.to(trainer.device))
+        train_codes = _encode(model, images)
     if not (torch.isfinite(train_codes).all() and torch.isfinite(val_codes).all()):
         return math.nan
     return probe_accuracy(train_codes, data.train_labels[:limit], val_codes, data.val_labels)

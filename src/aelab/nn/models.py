@@ -14,10 +14,10 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from aelab.activations import get_activation
 from aelab.config import ModelConfig
 from aelab.errors import ConfigError
 from aelab.likelihoods import get_likelihood
+from aelab.nn.activations import get_activation
 
 
 class Autoencoder(nn.Module):

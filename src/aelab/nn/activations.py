@@ -1,7 +1,7 @@
 """Activations: one record per activation, in one registry, chosen by name.
 
 Each record holds the function (a tensor to a tensor of the same shape), the closed range of
-values it can output, what the fast step (`aelab.fast.DenseStep`) needs to run it (its gradient
+values it can output, what the fast step (`aelab.train.fast.DenseStep`) needs to run it (its gradient
 from the saved output, and in-place forms where the gradient needs only the output), and where
 it saturates (for the doctor). `softmax` is for outputs only: it normalises over all pixels of
 an image (dims 1..), which forces them to sum to one.

@@ -4,7 +4,7 @@ All functions take `pixels` and `target` of shape (B, C, H, W) (or any (B, ...) 
 and return per-image values (B,) or, for statistics of a whole set of images, a float. The
 summary of a per-image metric is its mean over images.
 
-The pixels are what the model shows (`aelab.train.model_pixels`): the output activation's
+The pixels are what the model shows (its likelihood's mean, `Autoencoder.pixels`): the output activation's
 values, or the continuous Bernoulli mean for a cb-trained model. A BCE-trained and an
 MSE-trained model are therefore scored on the same images by the same rules.
 
@@ -111,44 +111,69 @@ def edge_energy(images: torch.Tensor) -> torch.Tensor:
     return down + across
 
 
+class ImageSpread:
+    """The per-pixel variance across a set of images and its edge energy, fed chunk by chunk
+    (`update`). Per-pixel variances are merged as in Chan, Golub & LeVeque (1979), so a
+    constant set has exactly 0 spread. edges=False skips the edge energy (sharpness)."""
+
+    def __init__(self, edges: bool = True) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None  # per-pixel means so far, (D,) float64
+        self.squares: torch.Tensor | None = None  # per-pixel sums of squared deviations, (D,)
+        self.edges = 0.0
+        self.has_edges = edges
+
+    def update(self, images: torch.Tensor) -> None:
+        added = images.shape[0]
+        if added == 0:
+            return
+        total = self.count + added
+        flat = images.flatten(1).double()
+        mean = flat.mean(0)
+        squares = (flat - mean).square().sum(0)
+        if self.count:
+            assert self.mean is not None and self.squares is not None
+            delta = mean - self.mean
+            self.squares = self.squares + squares + delta.square() * (self.count * added / total)
+            self.mean = self.mean + delta * (added / total)
+        else:
+            self.mean, self.squares = mean, squares
+        if images.ndim != 4:
+            self.has_edges = False
+        elif self.has_edges:
+            self.edges += float(edge_energy(images).sum(dtype=torch.float64))
+        self.count = total
+
+    def spread(self) -> float:
+        """Per-pixel sample variance across images, summed over pixels."""
+        assert self.squares is not None
+        return float(self.squares.sum()) / (self.count - 1)
+
+
 class SetStatistics:
     """The metrics that describe a whole set of images rather than one image at a time: blob
     score and sharpness are ratios of sums over the set, so they cannot be averaged over
     chunks. Feed every chunk to `update`, then read `blob_score` and `sharpness`; the result
-    is the same as for the whole set in one piece (up to float64 rounding). Per-pixel
-    variances are merged chunk by chunk as in Chan, Golub & LeVeque (1979), so a constant
-    output scores exactly 0."""
+    is the same as for the whole set in one piece (up to float64 rounding).
 
-    def __init__(self) -> None:
-        self.count = 0
-        self.means: dict[str, torch.Tensor] = {}  # per-pixel means so far, (D,) float64
-        self.squares: dict[str, torch.Tensor] = {}  # per-pixel sums of squared deviations, (D,)
-        self.edges: dict[str, float] = {"pixels": 0.0, "target": 0.0}
-        self.has_edges = True
+    target: the targets' `ImageSpread` when it is known already (a validation set's, computed
+    once); `update` then takes the reconstructions alone. edges=False: no sharpness."""
 
-    def update(self, pixels: torch.Tensor, target: torch.Tensor) -> None:
-        added = pixels.shape[0]
-        if added == 0:
-            return
-        total = self.count + added
-        for name, images in (("pixels", pixels), ("target", target)):
-            flat = images.flatten(1).double()
-            mean = flat.mean(0)
-            squares = (flat - mean).square().sum(0)
-            if self.count:
-                delta = mean - self.means[name]
-                self.squares[name] = self.squares[name] + squares + delta.square() * (self.count * added / total)
-                self.means[name] = self.means[name] + delta * (added / total)
-            else:
-                self.means[name], self.squares[name] = mean, squares
-            if images.ndim == 4:
-                self.edges[name] += float(edge_energy(images).sum(dtype=torch.float64))
-        self.has_edges = self.has_edges and pixels.ndim == 4
-        self.count = total
+    def __init__(self, target: ImageSpread | None = None, edges: bool = True) -> None:
+        self.pixels = ImageSpread(edges=edges)
+        self.target = target if target is not None else ImageSpread(edges=edges)
+        self._own_target = target is None
 
-    def _spread(self, name: str) -> float:
-        # per-pixel sample variance across images, summed over pixels
-        return float(self.squares[name].sum()) / (self.count - 1)
+    @property
+    def count(self) -> int:
+        return self.pixels.count
+
+    def update(self, pixels: torch.Tensor, target: torch.Tensor | None = None) -> None:
+        self.pixels.update(pixels)
+        if self._own_target:
+            if target is None:
+                raise ValueError("SetStatistics without a known target spread needs the targets of every chunk")
+            self.target.update(target)
 
     def blob_score(self) -> float:
         """How much the reconstructions vary from image to image, relative to the data: the
@@ -157,17 +182,18 @@ class SetStatistics:
         blob); about 1 when the reconstructions vary as much as the images do; a linear
         projection onto k directions scores the share of variance those k directions explain.
         NaN when the targets do not vary (fewer than two images, or identical images)."""
-        if self.count < 2:
+        if self.count < 2 or self.target.count < 2:
             return math.nan
-        data_spread = self._spread("target")
-        return self._spread("pixels") / data_spread if data_spread > 0 else math.nan
+        data_spread = self.target.spread()
+        return self.pixels.spread() / data_spread if data_spread > 0 else math.nan
 
     def sharpness(self) -> float:
         """Edge energy of the reconstructions over that of the targets (means over images): 1
         means edges as crisp as the data's, below 1 blurred, above 1 noisier than the data. NaN
         when the targets have no edges at all, or are not (B, C, H, W) images."""
-        data = self.edges["target"]
-        return self.edges["pixels"] / data if self.has_edges and data > 0 else math.nan
+        data = self.target.edges
+        usable = self.pixels.has_edges and self.target.has_edges
+        return self.pixels.edges / data if usable and data > 0 else math.nan
 
 
 def blob_score(pixels: torch.Tensor, target: torch.Tensor) -> float:

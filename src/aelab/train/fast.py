@@ -24,21 +24,16 @@ layer; losses (M,) the mean loss per member (mean over pixels and images, as
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from aelab.activations import ACTIVATIONS
-from aelab.config import THREAD_CHOICES
 from aelab.likelihoods import Head, cb_log_normalizer_and_gradient, get_likelihood
-from aelab.models import Autoencoder, DenseAutoencoder
+from aelab.nn.activations import ACTIVATIONS
+from aelab.nn.models import Autoencoder, DenseAutoencoder
 
-ENGINES = ("auto", "autograd", "fast")
-
-# Each activation's gradient and in-place forms are its record's (`aelab.activations.Activation`).
+# Each activation's gradient and in-place forms are its record's (`aelab.nn.activations.Activation`).
 ACTIVATION_GRADIENTS = {name: record.gradient for name, record in ACTIVATIONS.items() if record.gradient is not None}
 
 # The fused loss heads (for a sigmoid output) are the likelihoods' own (`Likelihood.fused_head`).
@@ -329,160 +324,11 @@ class DenseStep:
         return losses
 
 
-class FastStep:
-    """The fast engine for one `Trainer`: fills the model's `.grad` from a batch, and returns
-    the batch's mean loss as a 0-d tensor. The caller steps the optimizer."""
-
-    def __init__(self, model: DenseAutoencoder, loss: str) -> None:
-        self.step = DenseStep([model], [loss])
-        params = dense_parameters(model)
-        self.grads = [(p, self.step.gradient(s)[0]) for p, s in zip(params, self.step.parameters, strict=True)]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        for param, grad in self.grads:
-            if param.grad is not grad:  # someone set it to None or replaced it
-                param.grad = grad
-        return self.step.gradients(images.reshape(1, images.shape[0], -1))[0]
-
-
-# Below this many input values per step (batch size x pixels x stacked runs) one thread is
-# as fast as two: waking a second thread costs more than its share of the work saves.
-ONE_THREAD_BELOW = 32 * 784
-
-
-def _running_here() -> int:
-    """This process's threads that are running or ready to run (Linux /proc/self/task): torch's
-    own worker threads spin for a while after each parallel region and must not be mistaken for
-    another program's work."""
-    running = 0
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return 1
-    for task in tasks:
-        try:
-            with open(f"/proc/self/task/{task}/stat", encoding="ascii", errors="replace") as file:
-                state = file.read().rpartition(")")[2].split()[0]  # the field after "(name)"
-        except (OSError, IndexError):
-            continue
-        running += state == "R"
-    return max(1, running)
-
-
-def runnable_elsewhere() -> int:
-    """Tasks of other processes ready to run right now (Linux /proc/loadavg minus this
-    process's running threads), else 0."""
-    try:
-        with open("/proc/loadavg", encoding="ascii") as file:
-            running = int(file.read().split()[3].split("/")[0])
-    except (OSError, ValueError, IndexError):
-        return 0
-    return max(0, running - _running_here())
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its CPU affinity, capped by a cgroup CPU quota where one
-    is set (a container started with `--cpus 2` on a 64-core host sees 64 cores but may use 2).
-    A fixed property of the machine and the container, never of what else is running."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_cpu_quota()
-    return max(1, min(cores, quota)) if quota is not None else max(1, cores)
-
-
-def _cgroup_cpu_quota(root: str = "/sys/fs/cgroup", membership: str = "/proc/self/cgroup") -> int | None:
-    """Whole CPUs of this process's cgroup quota (cgroup v2 cpu.max, v1 cpu.cfs_quota_us), or
-    None when there is no quota or no cgroup file to read. Rounded down: threads beyond the
-    quota are throttled, and a throttled thread stalls the others at every operation."""
-    group = ""
-    with contextlib.suppress(OSError), open(membership, encoding="ascii", errors="replace") as file:
-        for line in file:
-            if line.startswith("0::"):  # cgroup v2: this process's group below the mount
-                group = line[3:].strip().lstrip("/")
-    candidates = [
-        (os.path.join(root, group, "cpu.max"), None),
-        (os.path.join(root, "cpu.max"), None),  # a container sees its own group at the root
-        (os.path.join(root, "cpu", "cpu.cfs_quota_us"), os.path.join(root, "cpu", "cpu.cfs_period_us")),
-    ]
-    for quota_path, period_path in candidates:
-        try:
-            with open(quota_path, encoding="ascii") as file:
-                fields = file.read().split()
-            if period_path is not None:
-                with open(period_path, encoding="ascii") as file:
-                    fields = fields[:1] + file.read().split()[:1]
-            quota, period = fields[0], int(fields[1])
-            if quota in ("max", "-1") or period <= 0:
-                return None
-            return max(1, int(quota) // period)
-        except (OSError, ValueError, IndexError):
-            continue
-    return None
-
-
-def choose_threads(step_values: int, rule: str = "auto", busy: int | None = None) -> int:
-    """CPU threads for a step that reads `step_values` input values (batch size x pixels x
-    stacked runs): one for small steps, where a second thread costs more than it saves
-    (docs/benchmarks.md), else every usable core (`usable_cores`).
-
-    rule "auto" depends on nothing else, so the same config on the same machine always gets
-    the same count, and with it the same weights (torch splits its reductions by thread count,
-    so 1 and 2 threads round differently). rule "load" also subtracts the cores busy with other
-    work (`busy`, by default read from the system): faster on a shared machine, where one
-    thread that shares a core with another program stalls the others at every operation (two
-    threads ran 5-25x slower than one on a busy 2-core machine), but the count, and so the
-    numbers, then depend on what else was running when the run started."""
-    if rule not in THREAD_CHOICES:
-        raise ValueError(f"unknown thread rule {rule!r}; valid: {', '.join(THREAD_CHOICES)}")
-    if step_values < ONE_THREAD_BELOW:
-        return 1
-    cores = usable_cores()
-    if rule == "auto":
-        return cores
-    busy = runnable_elsewhere() if busy is None else busy
-    return max(1, cores - busy)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[int]:
-    """Run the block with torch on `threads` CPU threads, and give torch back its previous
-    count afterwards, also when the block raises: library calls leave no global change."""
-    before = torch.get_num_threads()
-    if threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield threads
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-def choose_engine(engine: str, model: torch.nn.Module) -> str:
-    """ "fast" or "autograd" for `engine` ("auto", "autograd" or "fast") and this model;
-    asking for "fast" where it cannot run is a ConfigError."""
-    from aelab.errors import ConfigError
-
-    if engine == "autograd":
-        return "autograd"
-    problem = fast_step_problem(model)
-    if problem is None:
-        return "fast"
-    if engine == "fast":
-        raise ConfigError(
-            template="train.engine fast cannot train this model: {problem}; use {train.engine:auto}", problem=problem
-        )
-    return "autograd"
-
-
 __all__ = [
     "ACTIVATION_GRADIENTS",
-    "ENGINES",
     "DenseStep",
-    "FastStep",
-    "choose_engine",
-    "choose_threads",
+    "dense_parameters",
     "fast_optimizer",
     "fast_step_problem",
     "optimizer_step",
-    "torch_threads",
-    "usable_cores",
 ]
