@@ -23,7 +23,9 @@ import torch
 
 from aelab import RunConfig, resume, train
 from aelab.data import load_dataset
-from aelab.train import Trainer
+from aelab.train import RunState
+from aelab.train.checkpoint import checkpoint_bytes, save_checkpoint
+from aelab.train.loop import run_epoch
 
 
 def best_of(repeats: int, work) -> float:
@@ -44,11 +46,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     data = load_dataset(config.data)
 
-    trainer = Trainer(config, data)
-    epoch = best_of(args.repeats, lambda: trainer.run_epoch(False))  # adam state now exists
-    checkpoint_size = len(trainer.checkpoint_bytes())
+    trainer = RunState(config, data)
+    epoch = best_of(args.repeats, lambda: run_epoch(trainer))  # adam state now exists
+    checkpoint_size = len(checkpoint_bytes(trainer))
     with tempfile.TemporaryDirectory() as folder:
-        write = best_of(args.repeats, lambda: trainer.save_checkpoint(Path(folder)))
+        write = best_of(args.repeats, lambda: save_checkpoint(trainer, Path(folder)))
 
     # The guard's cost per step on CPU: read one step's loss back and check it. Timed on its own,
     # because the difference it makes to an epoch is far below the noise of timing epochs.
@@ -58,7 +60,7 @@ def main() -> None:
     def guard_calls() -> None:
         for index in range(calls):
             step = index % trainer.steps_per_epoch
-            trainer.check_losses(losses[step : step + 1].tolist(), step)
+            trainer.guard.check_losses(losses[step : step + 1].tolist(), 0, step)
 
     guard_per_epoch = best_of(args.repeats, guard_calls) / calls * trainer.steps_per_epoch
 

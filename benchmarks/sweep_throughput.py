@@ -8,7 +8,7 @@ changes between repeats cancel out):
 
     whole runs      `aelab.train` per run against `aelab.train.stacking.train_ensemble` for all, for
                     --epochs epochs: model set-up, training, and the per-epoch evaluation
-    training steps  the training epochs alone: 16 `Trainer.train_epoch` calls against one
+    training steps  the training epochs alone: 16 solo `aelab.train.loop.train_epoch` calls against one
                     epoch of the stacked step (the measure of the issue's "16 models stacked
                     in one batched matmul, total over the 16")
 
@@ -28,8 +28,10 @@ import time
 import torch
 
 from aelab import RunConfig, load_dataset, train
-from aelab.train import Trainer, thread_count
-from aelab.train.stacking import _Group, _member_order_key, _train_epoch, train_ensemble
+from aelab.train import RunState, train_ensemble
+from aelab.train.loop import Member, train_epoch
+from aelab.train.steps import StackedStep, make_step, stack_order
+from aelab.train.threads import thread_count
 
 
 def grid(images: int, batch_size: int, threads: int | None, epochs: int = 1) -> list[RunConfig]:
@@ -105,15 +107,18 @@ def main() -> None:
             whole["ensemble"].append(time.perf_counter() - started)
 
             torch.set_num_threads(thread_count(configs[0], data))  # what `train` picks for one run
-            trainers = [Trainer(config, data) for config in configs]
+            solo = [RunState(config, data) for config in configs]
+            solo_steps = [make_step([state]) for state in solo]
             started = time.perf_counter()
-            for trainer in trainers:
-                trainer.train_epoch()
+            for state, step in zip(solo, solo_steps, strict=True):
+                train_epoch([Member(state, None, [])], step, False, False)
             steps["one after another"].append(time.perf_counter() - started)
             torch.set_num_threads(thread_count(configs[0], data, members=len(configs)))  # what `train_ensemble` picks
-            stacked = _Group(sorted((Trainer(config, data) for config in configs), key=_member_order_key))
+            states = [RunState(config, data) for config in configs]
+            states = [states[m] for m in stack_order(states)]
+            stacked = StackedStep(states)
             started = time.perf_counter()
-            _train_epoch(stacked, False, batch_size, False, "")
+            train_epoch([Member(state, None, []) for state in states], stacked, False, False)
             steps["ensemble"].append(time.perf_counter() - started)
         worst, where = max(
             (difference(a[key], b[key]), f"{c.train.loss}/{c.model.activation}/seed {c.train.seed} {key}")

@@ -5,8 +5,8 @@ The sigmoid 784-100-50-100-784 autoencoder with BCE and Adam on the bundled MNIS
 
     tutorial    DataLoader(TensorDataset) of float images, nn.BCELoss on sigmoid outputs
     in-memory   the float images in one tensor, randperm + slicing, BCE with logits
-    aelab-autograd  aelab's Trainer with train.engine=autograd
-    aelab       aelab's Trainer as it runs by default (the fast dense step)
+    aelab-autograd  aelab's training epoch (`aelab.train.loop.train_epoch`) with train.engine=autograd
+    aelab       aelab's training epoch as it runs by default (the fast dense step)
 
 plus two compute limits measured in the same run: the 1.0 MFLOP a sample costs at the rate of
 a 2048x2048 GEMM, and the step's own GEMM shapes timed alone. Variants are interleaved and
@@ -42,7 +42,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import aelab
 from aelab import ImageData, RunConfig, load_dataset
-from aelab.train import Trainer
+from aelab.train import RunState
+from aelab.train.loop import Member, train_epoch
+from aelab.train.steps import make_step
 
 DIMS = (784, 100, 50, 100, 784)
 
@@ -148,11 +150,12 @@ def whole_run(args: argparse.Namespace) -> None:
 
 
 def aelab_epoch(config: RunConfig, data: ImageData, engine: str) -> Callable[[], float]:
-    trainer = Trainer(config.replace(train={"engine": engine}), data)
+    state = RunState(config.replace(train={"engine": engine}), data)
+    step = make_step([state])
 
     def run() -> float:
         started = time.perf_counter()
-        trainer.train_epoch()
+        train_epoch([Member(state, None, [])], step, False, False)
         return time.perf_counter() - started
 
     return run
