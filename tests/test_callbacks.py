@@ -386,7 +386,7 @@ def test_metrics_jsonl_keeps_its_keys_and_their_order(tmp_path):
     cheap = [key for key in METRICS_KEYS if not key.startswith("val_") or key in CHEAP_METRICS]
     for number, line in enumerate(lines, start=1):
         row = json.loads(line)
-        # every epoch the cheap numbers; the last epoch every metric (FULL_METRICS_EVERY)
+        # every epoch the cheap numbers; the last epoch every metric (RunState.record_epoch)
         assert list(row) == (METRICS_KEYS if number == len(lines) else cheap)
         assert row["epoch"] == number and all(
             (isinstance(value, int | float) and math.isfinite(value)) or value is None for value in row.values()

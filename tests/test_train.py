@@ -36,7 +36,7 @@ def test_run_folder_holds_every_file_and_reloads_to_the_same_outputs(tmp_path, t
     assert RunConfig.from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())) == tiny_config
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]
-    # every epoch records the cheap numbers; the last one every metric (FULL_METRICS_EVERY)
+    # every epoch records the cheap numbers; the last one every metric (RunState.record_epoch)
     assert all(set(row) >= set(CHEAP_METRICS) for row in rows) and set(rows[-1]) >= METRIC_KEYS
     assert rows == result.history
     with safe_open(run_dir / "model.safetensors", "pt") as file:

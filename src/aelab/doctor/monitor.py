@@ -24,6 +24,7 @@ from aelab.train import TrainResult
 from aelab.train.state import RunState
 
 from .probe import (
+    EPOCH_GRADIENT_IMAGES,
     EPOCH_PROBE_IMAGES,
     GRADIENT_IMAGES,
     NEAR_BOUND,
@@ -77,6 +78,7 @@ class State:
     gradients: dict[str, float]
     nonfinite: list[str] = field(default_factory=list)
     input_range: tuple[float, float] = (0.0, 1.0)  # the probe inputs' smallest and largest value
+    gradient_images: int = GRADIENT_IMAGES  # the probe's first images the gradients were taken on
 
     @property
     def inputs_in_unit_range(self) -> bool:
@@ -138,16 +140,17 @@ def measure(
     reference_weights: dict[str, float],
     reference: str,
     epoch: int | None = None,
+    gradient_images: int = GRADIENT_IMAGES,
 ) -> State:
     """Every number the state checks need: one forward pass over the probe batch and one
-    backward pass over its first GRADIENT_IMAGES images."""
+    backward pass over its first `gradient_images` images."""
     targets = base.targets
     pixels, losses, layer_stats = probe_forward(subject, targets, layers)
     mean_image = targets.mean(dim=0, keepdim=True)
     variation = float((pixels - pixels.mean(dim=0, keepdim=True)).square().mean())
     distance = float((pixels - mean_image).square().mean())
     weights = weight_norms(subject.model)
-    gradients = gradient_norms(subject, targets[:GRADIENT_IMAGES])
+    gradients = gradient_norms(subject, targets[:gradient_images])
     nonfinite = []
     if not bool(torch.isfinite(losses).all()):
         nonfinite.append("loss")
@@ -171,6 +174,7 @@ def measure(
         gradients=gradients,
         nonfinite=nonfinite,
         input_range=(float(targets.min()), float(targets.max())),
+        gradient_images=min(gradient_images, targets.shape[0]),
     )
 
 
@@ -394,7 +398,7 @@ def _check_weights(state: State, context: dict[str, Any]) -> list[Finding]:
 
 def _check_gradients(state: State, context: dict[str, Any]) -> list[Finding]:
     spread, first, last, relative_first, relative_last = _gradient_spread(state)
-    images = min(state.images, GRADIENT_IMAGES)
+    images = min(state.images, state.gradient_images)
     relative = {n: state.gradients[n] / state.weights[n] for n in state.gradients if state.weights.get(n)}
     largest = max(relative, key=relative.__getitem__, default=None)
     if largest is not None and relative[largest] > EXPLODING_RELATIVE:
@@ -574,12 +578,12 @@ def config_setup(
 
 
 class Doctor(Callback):
-    """Runs the doctor during `aelab.train`: the pre-training checks at the start, the state
+    """Runs the doctor during `aelab.train`: the pre-training checks at the start; the state
     checks after every epoch on a fixed probe batch (the first EPOCH_PROBE_IMAGES validation
-    images), a few monitor numbers returned for each metrics row (doctor_*), findings.json kept
-    current in the run folder, and at the end the state checks once more on the whole probe
-    (the first PROBE_IMAGES validation images), so the final findings are measured on every
-    probe image. `findings` holds the latest list.
+    images, gradients on EPOCH_GRADIENT_IMAGES of them), with a few monitor numbers returned
+    for each metrics row (doctor_*); findings.json kept current in the run folder; and at the
+    end the state checks once more on the whole probe (the first PROBE_IMAGES validation
+    images), so the final findings are measured on every probe image. `findings` holds the latest list.
 
     strict: stop the run before its first step when the pre-training checks find an
         error-level problem: `on_train_start` raises SetupFindingsError (its `.findings` lists
@@ -624,8 +628,13 @@ class Doctor(Callback):
     def _update(self, trainer: RunState, run_dir: Path | None, *, whole: bool = False) -> State:
         """Measure and check the model on the epoch probe, or with `whole` on the whole probe."""
         assert self._subject is not None, "on_train_start was not called"
-        base = self._baseline if whole else self._epoch_baseline
-        state = measure(self._subject, base, self._layers, self._initial, "initial", epoch=trainer.epoch)
+        base, gradient_images = (
+            (self._baseline, GRADIENT_IMAGES) if whole else (self._epoch_baseline, EPOCH_GRADIENT_IMAGES)
+        )
+        state = measure(
+            self._subject, base, self._layers, self._initial, "initial", epoch=trainer.epoch,
+            gradient_images=gradient_images,
+        )  # fmt: skip
         context = run_context(trainer.config, self.setting)
         context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in trainer.history], state)
         context["setup_errors"] = [f.id for f in self.setup if f.severity == "error"]

@@ -24,10 +24,12 @@ from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import Autoencoder
 
 PROBE_IMAGES = 2000  # validation images in the fixed probe batch (all of mnist-10k's validation split)
-# The probe's first images, checked after every epoch during training: a quarter of the cost,
-# while the final check (and every check on a finished folder) sees the whole probe.
-EPOCH_PROBE_IMAGES = 512
-GRADIENT_IMAGES = 256  # images of the probe used for one backward pass per epoch
+GRADIENT_IMAGES = 256  # images of the probe used for one backward pass
+# During training the doctor checks every epoch on the probe's first EPOCH_PROBE_IMAGES images
+# (gradients on EPOCH_GRADIENT_IMAGES of them): about a sixth of the cost of the whole probe,
+# while the final check at the end of a run (and every check on a folder) sees the whole probe.
+EPOCH_PROBE_IMAGES = 256
+EPOCH_GRADIENT_IMAGES = 64
 TRACE_IMAGES = 64  # images used to identify each layer's activation
 CHUNK = 1024  # images per forward pass
 NEAR_BOUND = 0.01  # "saturated": within 1% of the activation's range from one of its bounds

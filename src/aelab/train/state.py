@@ -38,11 +38,6 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
     "adagrad": lambda params, c: torch.optim.Adagrad(params, lr=c.learning_rate, weight_decay=c.weight_decay),
 }
 
-# Every epoch records the cheap validation numbers (`aelab.evaluate.CHEAP_METRICS`); every
-# FULL_METRICS_EVERY-th epoch, the last epoch and the epoch early stopping ends on record every
-# metric. The last row of metrics.jsonl therefore always holds the complete set.
-FULL_METRICS_EVERY = 10
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -146,10 +141,12 @@ class RunState:
 
     def record_epoch(self, train_loss: float, train_seconds: float) -> dict[str, Any]:
         """Evaluate the epoch just trained, append its metrics row to the history and track the
-        best epoch. Every metric on a full epoch (see FULL_METRICS_EVERY), the cheap ones else."""
+        best epoch. Every epoch records the cheap validation numbers (`aelab.evaluate.CHEAP_METRICS`:
+        the validation loss, as Keras' `fit(validation_data=...)` computes it, MSE and the blob
+        score); the run's last epoch (its epochs reached, or early stopping ending it there) records
+        every metric, so the last row of metrics.jsonl always holds the complete set."""
         started = time.perf_counter()
-        epochs = self.config.train.epochs
-        full = self.epoch + 1 >= epochs or (self.epoch + 1) % FULL_METRICS_EVERY == 0
+        full = self.epoch + 1 >= self.config.train.epochs
         metrics = evaluate(self.model, self.likelihood, self.validation, full=full)
         self.epoch += 1
         if metrics["val_loss"] < self.best_loss:
