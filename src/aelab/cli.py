@@ -544,6 +544,14 @@ def add_logger_option(parser: argparse.ArgumentParser) -> None:
         help=f"also write each epoch's metrics with this logger (one of: {', '.join(LOGGERS)}; repeatable); "
         "metrics.jsonl is always written",
     )
+    parser.add_argument(
+        "--tensorboard",
+        action="append_const",
+        const="tensorboard",
+        dest="logger",
+        help="the same as --logger tensorboard: event files in each run folder's tensorboard/ "
+        "(then: tensorboard --logdir FOLDER)",
+    )
 
 
 def add_compare_commands(commands: Any) -> None:
