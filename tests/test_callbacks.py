@@ -415,5 +415,5 @@ def test_the_command_line_passes_loggers_to_train_resume_and_compare(tmp_path, c
         assert_csv_holds(sweep / name, read_metrics(sweep / name))
     capsys.readouterr()
     assert main(["train", *CLI_FLAGS, "--out", str(tmp_path / "other"), "--logger", "tb"]) == 2
-    assert capsys.readouterr().err.strip() == "aelab: error: unknown logger 'tb'; valid: jsonl, csv"
+    assert capsys.readouterr().err.strip() == "aelab: error: unknown logger 'tb'; valid: jsonl, tensorboard, csv"
     assert not (tmp_path / "other").exists()

@@ -11,12 +11,14 @@ A `Logger` is a callback that writes each epoch's complete row (the trainer's nu
 every callback's additions) somewhere in the run folder, after the epoch's checkpoint is on
 disk, so that what it wrote never runs ahead of the checkpoint a resume starts from.
 Loggers are chosen by name from `LOGGERS`; "jsonl" (metrics.jsonl) is on for every run
-folder. To add one, register a class that takes no arguments: `LOGGERS["csv"] = CsvLogger`,
-then `train(config, out, loggers=["csv"])`.
+folder, "tensorboard" (`aelab.tensorboard`, event files in RUN/tensorboard/) when asked for;
+a logger that needs a package names it in `LOGGER_PACKAGES`. To add one, register a class
+that takes no arguments: `LOGGERS["csv"] = CsvLogger`, then `train(config, out, loggers=["csv"])`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -84,19 +86,32 @@ class JsonlLogger(Logger):
             write_metrics(run_dir, trainer.history)
 
 
+def tensorboard_logger() -> Logger:
+    """The "tensorboard" logger; `aelab.tensorboard` is imported only when a run asks for it."""
+    from aelab.tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger()
+
+
 # The loggers a run can be given by name; each entry builds one logger for one run.
-LOGGERS: dict[str, Callable[[], Logger]] = {"jsonl": JsonlLogger}
+LOGGERS: dict[str, Callable[[], Logger]] = {"jsonl": JsonlLogger, "tensorboard": tensorboard_logger}
+# The package a logger needs and how to install it, checked before a run writes anything.
+LOGGER_PACKAGES: dict[str, tuple[str, str]] = {"tensorboard": ("tensorboard", "pip install 'aelab[tensorboard]'")}
 # On for every run folder, whatever `loggers` names.
 DEFAULT_LOGGERS = ("jsonl",)
 
 
 def check_loggers(names: Iterable[str], has_folder: bool = True) -> list[str]:
     """`names`, each once, after checking them: a ConfigError for an unknown name (listing the
-    known ones), or for names without a folder to write into (has_folder False)."""
+    known ones), a logger whose package is missing (with the line that installs it), or for
+    names without a folder to write into (has_folder False)."""
     names = list(dict.fromkeys([names] if isinstance(names, str) else names))
     for name in names:
         if name not in LOGGERS:
             raise ConfigError(f"unknown logger {name!r}; valid: {', '.join(LOGGERS)}")
+        package, install = LOGGER_PACKAGES.get(name, (None, ""))
+        if package is not None and importlib.util.find_spec(package) is None:
+            raise ConfigError(f"the {name} logger needs the {package} package: {install}")
     if names and not has_folder:
         raise ConfigError(
             f"loggers ({', '.join(names)}) write into a run folder; give the run an output folder or drop them"

@@ -517,8 +517,18 @@ def command_loss(args: argparse.Namespace) -> int:
 
     if args.plot:
         plot_format(args.plot)  # a name it cannot write fails before anything is printed
+    if args.target is None:
+        if args.html is None:
+            raise ConfigError("give --target (and --pred or --plot FILE), or --html FILE for the loss explorer")
+        if args.pred or args.plot:
+            raise ConfigError("--pred and --plot need --target")
+        return write_loss_explorer(args.html, None, None)
     targets = parse_numbers(args.target, "--target")
     predictions = parse_numbers(args.pred, "--pred") if args.pred else None
+    if args.html is not None:
+        write_loss_explorer(args.html, targets, predictions)
+        if predictions is None and not args.plot:
+            return 0
     if predictions is not None:
         if len(targets) == 1 and len(predictions) > 1:
             targets = targets * len(predictions)
@@ -533,6 +543,20 @@ def command_loss(args: argparse.Namespace) -> int:
     return 0
 
 
+def write_loss_explorer(path: str, targets: list[float] | None, predictions: list[float] | None) -> int:
+    """`aelab loss --html FILE`: the explorer page, its sliders at the first target and prediction given."""
+    from aelab.loss_explorer import DEFAULT_PREDICTION, DEFAULT_TARGET, write_explorer
+
+    target = targets[0] if targets else DEFAULT_TARGET
+    prediction = predictions[0] if predictions else DEFAULT_PREDICTION
+    try:
+        write_explorer(path, target, prediction)
+    except OSError as error:
+        raise ConfigError(f"cannot write the loss explorer to {path}: {error.strerror or error}") from None
+    print(f"loss explorer: {path}")
+    return 0
+
+
 def add_logger_option(parser: argparse.ArgumentParser) -> None:
     from aelab.callbacks import LOGGERS
 
@@ -543,6 +567,14 @@ def add_logger_option(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help=f"also write each epoch's metrics with this logger (one of: {', '.join(LOGGERS)}; repeatable); "
         "metrics.jsonl is always written",
+    )
+    parser.add_argument(
+        "--tensorboard",
+        action="append_const",
+        const="tensorboard",
+        dest="logger",
+        help="the same as --logger tensorboard: event files in each run folder's tensorboard/ "
+        "(then: tensorboard --logdir FOLDER)",
     )
 
 
@@ -584,10 +616,16 @@ def add_compare_commands(commands: Any) -> None:
     report.set_defaults(handler=command_report)
 
     loss = commands.add_parser("loss", help="every loss, its floor and excess for given targets and predictions")
-    loss.add_argument("--target", required=True, help="comma-separated targets in [0, 1], e.g. 0.5,0.3,0.5,0.9")
+    loss.add_argument("--target", help="comma-separated targets in [0, 1], e.g. 0.5,0.3,0.5,0.9")
     loss.add_argument("--pred", help="comma-separated predictions (pixels; for cb the cb mean), e.g. 0.1,0.3,0.5,0.8")
     loss.add_argument(
         "--plot", metavar="FILE", help="draw each loss against the prediction for the targets into a .png, .svg or .pdf"
+    )
+    loss.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the interactive loss explorer, a self-contained page (its sliders start at the first "
+        "--target and --pred)",
     )
     loss.set_defaults(handler=command_loss)
 

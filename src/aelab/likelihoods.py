@@ -107,6 +107,12 @@ class Likelihood:
         mean"), else None.
     floor_note: what a floor above zero means, with "{floor}" for its value, else None.
     dimming_note: why a model trained with this loss may dim the image, else None.
+    javascript: the same math for the loss explorer (`aelab.loss_explorer`), as the source of a
+        JavaScript object `{nll: (t, p) => ..., floor: (t) => ..., minimiser: (t) => ...}` for
+        one element: the loss of prediction p (a pixel mean, as `prediction_nll` reads it) for
+        target t, `floor` of that target (-Infinity where none), and the prediction where it is
+        reached (NaN where none); it may use the explorer's helpers `M` (the formulas of
+        `aelab.losses`). None: the explorer lists the loss without a curve.
     """
 
     name: str
@@ -127,6 +133,7 @@ class Likelihood:
     mean_words: str | None = None
     floor_note: str | None = None
     dimming_note: str | None = None
+    javascript: str | None = None
 
     def __post_init__(self) -> None:
         if self.support not in SUPPORTS:
@@ -271,6 +278,7 @@ BCE = Likelihood(
         "prediction = target; the minimum is the targets' mean binary entropy, > 0 for grey targets"
     ),
     unit="nats",
+    javascript="{nll: (t, p) => M.bceFromPixels(p, t), floor: (t) => M.binaryEntropy(t), minimiser: (t) => t}",
     floor_note=(
         "bce is not zero at prediction = target: its floor here is {floor:.4f} nats, the mean binary "
         "entropy of the targets; only targets of exactly 0 or 1 have a floor of 0. Watch the excess."
@@ -285,6 +293,7 @@ MSE = Likelihood(
     floor=zero_floor,
     density_constant=0.5 * math.log(math.pi),
     fused_head=_mse_head,
+    javascript="{nll: (t, p) => (p - t) * (p - t), floor: (t) => 0, minimiser: (t) => t}",
 )
 MAE = Likelihood(
     name="mae",
@@ -297,6 +306,7 @@ MAE = Likelihood(
     fused_head=_mae_head,
     minimum_text=_same_minimum("prediction = target (per element; over several equal predictions, their median)"),
     dimming_note="MAE is minimised by each pixel's median, which is black on mostly-black images",
+    javascript="{nll: (t, p) => Math.abs(p - t), floor: (t) => 0, minimiser: (t) => t}",
 )
 CB = Likelihood(
     name="cb",
@@ -313,6 +323,9 @@ CB = Likelihood(
     minimum_text=_cb_minimum_text,
     unit="nats",
     mean_words="the cb mean",
+    javascript=(
+        "{nll: (t, p) => M.cbFromMean(p, t), floor: (t) => M.cbFloor(t), minimiser: (t) => (t > 0 && t < 1 ? t : NaN)}"
+    ),
 )
 
 LIKELIHOODS: dict[str, Likelihood] = {record.name: record for record in (BCE, MSE, MAE, CB)}

@@ -608,6 +608,7 @@ def render_report(
     from jinja2 import Environment, StrictUndefined
 
     import aelab
+    from aelab.loss_explorer import explorer_section
 
     path = Path(path)
     run_dirs, spec = find_runs(path)
@@ -649,6 +650,7 @@ def render_report(
             for e, label in zip(evaluations, labels, strict=True)
         ],
         "any_findings": any(e.findings for e in evaluations),
+        "loss_explorer": explorer_section(),
         "has_labels": any(e.code_labels is not None for e in evaluations),
     }
     template_text = importlib.resources.files("aelab").joinpath("templates", "report.html").read_text("utf-8")

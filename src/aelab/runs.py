@@ -8,10 +8,12 @@ A run folder describes itself:
     status.json          "running", "finished" or "diverged"; only "finished" is a finished run
     findings.json        the doctor's findings (aelab.findings)
     report.html          the run's report (aelab.report)
+    tensorboard/         event files, with the "tensorboard" logger (aelab.tensorboard)
     .aelab.lock          held (fcntl) by the process writing the folder; removed when it is done
 
-These names (RUN_FILES) are the only files `overwrite` may delete: a folder holding anything
-else, or a sweep folder (it holds sweep.yaml), is refused as a run folder to replace.
+These names (RUN_FILES, and RUN_FOLDERS holding only event files) are the only things
+`overwrite` may delete: a folder holding anything else, or a sweep folder (it holds
+sweep.yaml), is refused as a run folder to replace.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a
 kill at any instant leaves the old complete file or the new one, never a torn one. Nothing
@@ -27,7 +29,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +65,10 @@ RUN_FILES = (
     CONFIG_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE, STATUS_FILE, FINDINGS_FILE, REPORT_FILE,
     LOCK_FILE, WRITE_PROBE,
 )  # fmt: skip
+TENSORBOARD_DIR = "tensorboard"
+# The subfolders aelab writes in a run folder, with what their files' names hold: a subfolder
+# holding only such files is the run's own (replaced by `overwrite`), anything else is foreign.
+RUN_FOLDERS = {TENSORBOARD_DIR: "tfevents"}
 # A sweep folder's own files (aelab.sweep); its run folders are subfolders.
 SWEEP_FILE = "sweep.yaml"
 RESULTS_CSV = "results.csv"
@@ -396,18 +402,32 @@ def is_temporary_of(name: str, own_names: tuple[str, ...]) -> bool:
     return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{own}.") for own in own_names)
 
 
-def foreign_entries(folder: Path, own_names: tuple[str, ...] = RUN_FILES) -> list[str]:
+def foreign_entries(
+    folder: Path, own_names: tuple[str, ...] = RUN_FILES, own_folders: Mapping[str, str] = RUN_FOLDERS
+) -> list[str]:
     """The entries of `folder` that aelab did not write there (subfolders end in "/"), sorted;
-    `own_names` are the files it writes (a run folder's by default)."""
+    `own_names` are the files it writes and `own_folders` its subfolders (`is_own_folder`),
+    a run folder's by default."""
     foreign = []
     for child in Path(folder).iterdir():
         if child.is_file() and not child.is_symlink():
             if child.name in own_names or is_temporary_of(child.name, own_names):
                 continue
             foreign.append(child.name)
+        elif is_own_folder(child, own_folders):
+            continue
         else:
             foreign.append(child.name + ("/" if child.is_dir() else ""))
     return sorted(foreign)
+
+
+def is_own_folder(path: Path, own_folders: Mapping[str, str] = RUN_FOLDERS) -> bool:
+    """True for a subfolder named in `own_folders` (not a link) that holds only files whose
+    names contain what `own_folders` gives for it: the files aelab writes there."""
+    marker = own_folders.get(path.name)
+    if marker is None or path.is_symlink() or not path.is_dir():
+        return False
+    return all(child.is_file() and not child.is_symlink() and marker in child.name for child in path.iterdir())
 
 
 def describe_entries(names: list[str]) -> str:
@@ -465,6 +485,10 @@ def prepare_run_dir(path: str | Path, *, overwrite: bool = False) -> Path:
         for child in run_dir.iterdir():
             if child.name != LOCK_FILE and child.is_file():
                 child.unlink()
+            elif is_own_folder(child):  # checked above: it holds only aelab's event files
+                for inner in child.iterdir():
+                    inner.unlink()
+                child.rmdir()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / WRITE_PROBE

@@ -93,7 +93,7 @@ def _check_sweep_folder(out: Path) -> None:
         raise RunFolderError(template="{folder} is a run folder, not a sweep folder; choose another {out}", folder=out)
     if out.is_dir() and not (out / SWEEP_FILE).exists():
         # sweep.yaml is written first, so anything but an interrupted write of it is not aelab's
-        foreign = [name for name in foreign_entries(out, ()) if not is_temporary_of(name, (SWEEP_FILE,))]
+        foreign = [name for name in foreign_entries(out, (), {}) if not is_temporary_of(name, (SWEEP_FILE,))]
         if foreign:
             raise RunFolderError(
                 template="{folder} holds {entries} and no {sweep_file}, so it is not a sweep folder; "

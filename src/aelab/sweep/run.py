@@ -54,7 +54,9 @@ def run_sweep(
         process) or a `Backend`.
     make_callbacks: called once per run trained or resumed, for `aelab.Callback`s of its own
         (each run also gets a doctor); loggers: names in `aelab.LOGGERS` for every run folder
-        (besides metrics.jsonl), as `aelab.train`'s."""
+        (besides metrics.jsonl), as `aelab.train`'s. With "tensorboard", every run folder also
+        gets the sweep's HParams dashboard (`aelab.tensorboard.write_sweep_hparams`), the runs
+        finished before included, so `tensorboard --logdir OUT` compares them."""
     from aelab.callbacks import check_loggers
     from aelab.evaluate import evaluate_runs
     from aelab.train.state import resolve_device
@@ -81,5 +83,9 @@ def run_sweep(
         rows.append(row)
         say(evaluation.line())
     write_results(out, rows)
+    if "tensorboard" in loggers:  # the HParams dashboard: each run's grid values against its results row
+        from aelab.tensorboard import write_sweep_hparams
+
+        write_sweep_hparams([out / p.name for p in points], [p.values for p in points], rows)
     names = [[point.name for point in points] for points in (plan.fresh, plan.unfinished, plan.done)]
     return SweepResult(out, points, rows, evaluations, *names)
