@@ -11,7 +11,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import aelab.runs
+import aelab.runs.files
+import aelab.runs.folder
 from aelab import RunConfig, resume, train
 from aelab.cli import main
 from aelab.data import load_dataset
@@ -54,9 +55,9 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path, mon
             def __getattr__(self, name):
                 return getattr(self.file, name)
 
-        monkeypatch.setattr(aelab.runs.os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
+        monkeypatch.setattr(aelab.runs.files.os, "fdopen", lambda *a, **k: HalfWriter(real_fdopen(*a, **k)))
     else:
-        monkeypatch.setattr(aelab.runs.os, where, disk_full)
+        monkeypatch.setattr(aelab.runs.files.os, where, disk_full)
     with pytest.raises(RunFolderError, match=r"cannot write .*metrics.jsonl \(No space left on device\); the previous "
                        r"version of the file is kept, free some space and try again"):  # fmt: skip
         atomic_write_text(target, "new and longer\n" * 1000)
@@ -77,7 +78,7 @@ def test_disk_full_during_training_exits_2_and_the_run_resumes_exactly(tmp_path,
                 disk_full()
         return real_replace(source, target)
 
-    monkeypatch.setattr(aelab.runs.os, "replace", replace)
+    monkeypatch.setattr(aelab.runs.files.os, "replace", replace)
     assert main(["train", *FLAGS, "--out", str(run)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("aelab: error: cannot write ") and "No space left on device" in error
@@ -87,14 +88,14 @@ def test_disk_full_during_training_exits_2_and_the_run_resumes_exactly(tmp_path,
         assert file.metadata()["epoch"] == "1"
     assert read_status(run)["state"] == "running"
 
-    monkeypatch.setattr(aelab.runs.os, "replace", real_replace)  # space was freed
+    monkeypatch.setattr(aelab.runs.files.os, "replace", real_replace)  # space was freed
     assert resume(run, progress=False).extras["resumed_from_epoch"] == 1
     first, second = load_file(reference / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.equal(first[name], second[name]) for name in first)
 
 
 def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(aelab.runs.shutil, "disk_usage", lambda path: DiskUsage(10**9, 10**9 - 20_000, 20_000))
+    monkeypatch.setattr(aelab.runs.folder.shutil, "disk_usage", lambda path: DiskUsage(10**9, 10**9 - 20_000, 20_000))
     assert main(["train", *FLAGS, "--out", str(tmp_path / "run")]) == 2
     error = capsys.readouterr().err
     assert re.search(

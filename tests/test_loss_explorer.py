@@ -10,8 +10,8 @@ import torch
 
 from aelab.cli import main
 from aelab.likelihoods import LIKELIHOODS
-from aelab.loss_curves import elementwise_loss
-from aelab.loss_explorer import explorer_section, write_explorer
+from aelab.report.loss_curves import elementwise_loss
+from aelab.report.loss_explorer import explorer_section, write_explorer
 
 from .browser import KEYS, Browser
 

@@ -17,8 +17,8 @@ from aelab.data import load_dataset
 from aelab.doctor.monitor import State, state_findings
 from aelab.evaluate import Evaluation
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE
-from aelab.loss_curves import plot_loss_curves
 from aelab.report import METRICS, build_rows, figure_codes, headline, render_report, table_cells
+from aelab.report.loss_curves import plot_loss_curves
 from aelab.runs import read_metrics
 from aelab.sweep import SweepSpec, parse_grid, run_sweep
 from aelab.train.stacking import train_ensemble
@@ -183,7 +183,7 @@ def test_a_collapsed_or_diverged_run_is_never_most_faithful_or_sharpest():
 
 def test_pca_panels_use_the_same_units_on_both_axes(monkeypatch):
     drawn = []
-    monkeypatch.setattr("aelab.report._figure_png", lambda figure: drawn.append(figure) or "png")
+    monkeypatch.setattr("aelab.report.figures._figure_png", lambda figure: drawn.append(figure) or "png")
     line = _evaluation("line", 0.03)
     x = torch.linspace(-3, 3, 200).double().numpy()
     line.codes_2d = torch.stack([torch.tensor(x), torch.zeros(200, dtype=torch.float64)], dim=1).numpy()

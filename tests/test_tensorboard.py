@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from aelab.tensorboard import STEP_TAG, scalar_tag
+from aelab.callbacks.tensorboard import STEP_TAG, scalar_tag
 
 STEPS = 16  # TINY's 256 training images in batches of 16: steps per epoch
 
@@ -210,10 +210,11 @@ def test_without_the_package_one_line_says_how_to_install_it(tmp_path, capsys, m
 
 def test_importing_aelab_does_not_import_tensorboard():
     code = (
-        "import sys, aelab, aelab.cli, aelab.tensorboard; print(sorted(m for m in sys.modules if 'tensorboard' in m))"
+        "import sys, aelab, aelab.cli, aelab.callbacks.tensorboard; "
+        "print(sorted(m for m in sys.modules if 'tensorboard' in m))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "['aelab.tensorboard']"
+    assert done.stdout.strip() == "['aelab.callbacks.tensorboard']"
 
 
 def test_scalar_tags_group_the_row():

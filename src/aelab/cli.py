@@ -513,7 +513,7 @@ def parse_numbers(text: str, flag: str) -> list[float]:
 
 
 def command_loss(args: argparse.Namespace) -> int:
-    from aelab.loss_curves import format_loss_table, plot_format, plot_loss_curves
+    from aelab.report.loss_curves import format_loss_table, plot_format, plot_loss_curves
 
     if args.plot:
         plot_format(args.plot)  # a name it cannot write fails before anything is printed
@@ -545,7 +545,7 @@ def command_loss(args: argparse.Namespace) -> int:
 
 def write_loss_explorer(path: str, targets: list[float] | None, predictions: list[float] | None) -> int:
     """`aelab loss --html FILE`: the explorer page, its sliders at the first target and prediction given."""
-    from aelab.loss_explorer import DEFAULT_PREDICTION, DEFAULT_TARGET, write_explorer
+    from aelab.report.loss_explorer import DEFAULT_PREDICTION, DEFAULT_TARGET, write_explorer
 
     target = targets[0] if targets else DEFAULT_TARGET
     prediction = predictions[0] if predictions else DEFAULT_PREDICTION

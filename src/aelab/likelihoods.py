@@ -107,7 +107,7 @@ class Likelihood:
         mean"), else None.
     floor_note: what a floor above zero means, with "{floor}" for its value, else None.
     dimming_note: why a model trained with this loss may dim the image, else None.
-    javascript: the same math for the loss explorer (`aelab.loss_explorer`), as the source of a
+    javascript: the same math for the loss explorer (`aelab.report.loss_explorer`), as the source of a
         JavaScript object `{nll: (t, p) => ..., floor: (t) => ..., minimiser: (t) => ...}` for
         one element: the loss of prediction p (a pixel mean, as `prediction_nll` reads it) for
         target t, `floor` of that target (-Infinity where none), and the prediction where it is

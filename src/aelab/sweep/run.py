@@ -55,7 +55,7 @@ def run_sweep(
     make_callbacks: called once per run trained or resumed, for `aelab.Callback`s of its own
         (each run also gets a doctor); loggers: names in `aelab.LOGGERS` for every run folder
         (besides metrics.jsonl), as `aelab.train`'s. With "tensorboard", every run folder also
-        gets the sweep's HParams dashboard (`aelab.tensorboard.write_sweep_hparams`), the runs
+        gets the sweep's HParams dashboard (`aelab.callbacks.tensorboard.write_sweep_hparams`), the runs
         finished before included, so `tensorboard --logdir OUT` compares them."""
     from aelab.callbacks import check_loggers
     from aelab.evaluate import evaluate_runs
@@ -84,7 +84,7 @@ def run_sweep(
         say(evaluation.line())
     write_results(out, rows)
     if "tensorboard" in loggers:  # the HParams dashboard: each run's grid values against its results row
-        from aelab.tensorboard import write_sweep_hparams
+        from aelab.callbacks.tensorboard import write_sweep_hparams
 
         write_sweep_hparams([out / p.name for p in points], [p.values for p in points], rows)
     names = [[point.name for point in points] for points in (plan.fresh, plan.unfinished, plan.done)]

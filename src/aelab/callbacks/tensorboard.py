@@ -45,7 +45,7 @@ from aelab.findings import read_findings
 from aelab.runs import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
-    from aelab.train import Trainer, TrainResult
+    from aelab.train import RunState, TrainResult
 
 STEP_TAG = "train/step_loss"
 IMAGE_TAG = "reconstructions"
@@ -71,15 +71,14 @@ def scalar_tag(key: str) -> str:
     return f"{group}/{rest}" if group in SCALAR_GROUPS and rest else f"run/{key}"
 
 
-def steps_per_epoch(trainer: Trainer) -> int:
-    """Optimisation steps in one epoch: the training images over the batch size, rounded up."""
-    return math.ceil(trainer.data.train.shape[0] / trainer.config.train.batch_size)
+def steps_per_epoch(trainer: RunState) -> int:
+    """Optimisation steps in one epoch."""
+    return trainer.steps_per_epoch
 
 
-def validation_images(trainer: Trainer, count: int) -> torch.Tensor:
-    """The first `count` validation images as floats (B, C, H, W): the one use of
-    `trainer.val_batch` here."""
-    return trainer.val_batch(0, count)
+def validation_images(trainer: RunState, count: int) -> torch.Tensor:
+    """The first `count` validation images as floats (B, C, H, W)."""
+    return trainer.validation.batch(0, count)
 
 
 class TensorBoardLogger(Logger):
@@ -99,7 +98,7 @@ class TensorBoardLogger(Logger):
         self._steps: list[int] = []
         self._losses: list[torch.Tensor] = []  # 0-d tensors on the training device, read per epoch
 
-    def on_train_start(self, trainer: Trainer, run_dir: Path | None) -> None:
+    def on_train_start(self, trainer: RunState, run_dir: Path | None) -> None:
         if run_dir is None:
             return
         folder = run_dir / TENSORBOARD_DIR
@@ -127,12 +126,12 @@ class TensorBoardLogger(Logger):
             self._write_pictures(trainer, 0)
         self._writer.flush()
 
-    def on_step(self, trainer: Trainer, step: int, loss: torch.Tensor) -> None:
+    def on_step(self, trainer: RunState, step: int, loss: torch.Tensor) -> None:
         if self._writer is not None and step % self.step_every == 0:
             self._steps.append(step)
             self._losses.append(loss.detach().clone())  # no host synchronisation here
 
-    def log_epoch(self, trainer: Trainer, row: Mapping[str, Any], run_dir: Path | None) -> None:
+    def log_epoch(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> None:
         if self._writer is None:
             return
         if self._losses:
@@ -145,7 +144,7 @@ class TensorBoardLogger(Logger):
             self._write_pictures(trainer, epoch)
         self._writer.flush()
 
-    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+    def on_train_end(self, trainer: RunState, result: TrainResult) -> None:
         if self._writer is None:
             return
         if result.run_dir is not None:
@@ -166,7 +165,7 @@ class TensorBoardLogger(Logger):
                 self._writer.add_text(scalar_tag(key), value, epoch)
 
     @torch.no_grad()
-    def _write_pictures(self, trainer: Trainer, epoch: int) -> None:
+    def _write_pictures(self, trainer: RunState, epoch: int) -> None:
         """Reconstructions and histograms of the model as it is now, in eval mode; the model's
         mode is restored and no random numbers are drawn, so training is not disturbed."""
         model = trainer.model

@@ -16,7 +16,7 @@ import importlib.resources
 from pathlib import Path
 
 from aelab.likelihoods import LIKELIHOODS
-from aelab.loss_curves import PREDICTION_EDGE
+from aelab.report.loss_curves import PREDICTION_EDGE
 from aelab.runs import atomic_write_text
 
 DEFAULT_TARGET = 0.8

@@ -11,7 +11,7 @@ A `Logger` is a callback that writes each epoch's complete row (the trainer's nu
 every callback's additions) somewhere in the run folder, after the epoch's checkpoint is on
 disk, so that what it wrote never runs ahead of the checkpoint a resume starts from.
 Loggers are chosen by name from `LOGGERS`; "jsonl" (metrics.jsonl) is on for every run
-folder, "tensorboard" (`aelab.tensorboard`, event files in RUN/tensorboard/) when asked for;
+folder, "tensorboard" (`aelab.callbacks.tensorboard`, event files in RUN/tensorboard/) when asked for;
 a logger that needs a package names it in `LOGGER_PACKAGES`. To add one, register a class
 that takes no arguments: `LOGGERS["csv"] = CsvLogger`, then `train(config, out, loggers=["csv"])`.
 """
@@ -87,8 +87,8 @@ class JsonlLogger(Logger):
 
 
 def tensorboard_logger() -> Logger:
-    """The "tensorboard" logger; `aelab.tensorboard` is imported only when a run asks for it."""
-    from aelab.tensorboard import TensorBoardLogger
+    """The "tensorboard" logger; `aelab.callbacks.tensorboard` is imported only when a run asks for it."""
+    from aelab.callbacks.tensorboard import TensorBoardLogger
 
     return TensorBoardLogger()
 
