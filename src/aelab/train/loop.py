@@ -31,7 +31,7 @@ from aelab.runs import save_model, write_status
 from aelab.train.checkpoint import save_checkpoint
 from aelab.train.divergence import DIVERGENCE_CHECKS_PER_EPOCH, record_divergence
 from aelab.train.state import RunState
-from aelab.train.steps import Step
+from aelab.train.steps import Step, make_step
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,6 @@ def finish_run(member: Member) -> TrainResult:
 def run_epoch(state: RunState, step: Step | None = None, progress: bool = False) -> dict[str, Any]:
     """Train `state` one more epoch, without a folder or callbacks, and record it (a notebook's
     "one more epoch"); returns its metrics row. Raises DivergenceError as `train` would."""
-    from aelab.train.steps import make_step
-
     started = time.perf_counter()
     member = Member(state, None, [])
     (loss,) = train_epoch([member], step or make_step([state]), progress, share_batches=False)
