@@ -236,6 +236,6 @@ def test_the_cli_trains_on_ray_from_a_sweep_file(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["compare", "--config", str(sweep_file), "--out", str(out), "--quiet", "--no-report"]) == 0
     printed = capsys.readouterr().out
-    assert "as 1 Ray tasks on a local Ray" in printed and "loss-bce: finished, val loss" in printed
+    assert "training 1 run as 1 Ray task on a local Ray" in printed and "loss-bce: finished, val loss" in printed
     assert read_status(out / "loss-bce")["state"] == "finished"
     assert len(read_metrics(out / "loss-bce")) == 2

@@ -383,8 +383,8 @@ class RayBackend:
     gpus_per_run: the GPUs (a fraction shares one) of a task whose runs have train.device cuda.
     max_retries: how many times a task whose worker died is submitted again.
 
-    After `run`, `records` holds a `RunRecord` per run and `startup_seconds` the time taken
-    to start or join Ray."""
+    After `run`, `records` holds a `RunRecord` per run, `seconds` the time `run` took,
+    `startup_seconds` the part spent starting or joining Ray and `shutdown_seconds` stopping it."""
 
     def __init__(
         self,
@@ -411,7 +411,9 @@ class RayBackend:
         self.gpus_per_run = float(gpus_per_run)
         self.max_retries = max_retries
         self.records: dict[str, RunRecord] = {}
+        self.seconds: float | None = None
         self.startup_seconds: float | None = None
+        self.shutdown_seconds: float | None = None
 
     def run(
         self,
@@ -427,9 +429,14 @@ class RayBackend:
         import ray
 
         started = time.perf_counter()
-        with _connected(ray, self.address, self.num_cpus) as where:
-            self.startup_seconds = time.perf_counter() - started
-            _Driver(self, ray, plan, progress, say, make_callbacks, list(loggers)).drive(where)
+        try:
+            with _connected(ray, self.address, self.num_cpus) as where:
+                self.startup_seconds = time.perf_counter() - started
+                _Driver(self, ray, plan, progress, say, make_callbacks, list(loggers)).drive(where)
+                stopping = time.perf_counter()
+        finally:
+            self.seconds = time.perf_counter() - started
+        self.shutdown_seconds = time.perf_counter() - stopping
 
 
 @contextlib.contextmanager
@@ -508,7 +515,8 @@ class _Driver:
         plan = self.plan
         batches = [[point] for point in plan.unfinished] + [list(group) for group in plan.groups]
         count = len(plan.unfinished) + len(plan.fresh)
-        self.say(f"training {count} run{'s' if count != 1 else ''} as {len(batches)} Ray tasks on {where}")
+        tasks = f"{len(batches)} Ray task{'s' if len(batches) != 1 else ''}"
+        self.say(f"training {count} run{'s' if count != 1 else ''} as {tasks} on {where}")
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(self._release_all)
             for point in plan.unfinished:
@@ -587,6 +595,8 @@ class _Driver:
                     self._end_task(task, f"its Ray task failed: {str(error).splitlines()[-1]}")
                 except ray.exceptions.RayError as error:  # a worker or node died, an object was lost
                     del self.tasks[generator]
+                    with contextlib.suppress(Exception):  # should it still be going, it trains for nobody
+                        ray.cancel(generator, force=True)
                     self._retry(task, error)
                 else:
                     self._receive(task, message)
@@ -684,9 +694,12 @@ class _Progress:
         done = sum(state in ("finished", "diverged") for state in states)
         failed = states.count(FAILED)
         running = len(runs) - done - failed
-        self.bar.set_description_str(f"sweep: {done}/{len(runs)} runs done, {running} running, {failed} failed")
+        description = f"sweep: {done}/{len(runs)} runs done, {running} running, {failed} failed"
         epochs = sum(run.total_epochs if run.state in ENDED_STATES else run.epochs_done for run in runs)
-        self.bar.update(epochs - self.bar.n)
+        if description != self.bar.desc or epochs != self.bar.n:
+            self.bar.set_description_str(description, refresh=False)
+            self.bar.update(epochs - self.bar.n)
+            self.bar.refresh()
 
     def write(self, say: Callable[[str], None], line: str) -> None:
         if self.bar is None:
