@@ -466,7 +466,7 @@ def _connected(ray: Any, address: str | None, num_cpus: int | None) -> Iterator[
             ray.init(**options)
         except ConnectionError as error:
             raise ConfigError(
-                f"cannot reach a Ray cluster at {address} ({error}); start one with `ray start --head`, "
+                f"cannot reach a Ray cluster at {address} ({error}); start a Ray head node there, "
                 "or leave the address and RAY_ADDRESS unset for a local Ray"
             ) from None
     try:
