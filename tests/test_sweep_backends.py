@@ -1,9 +1,13 @@
 """The sweep's seam: a plan (fresh / unfinished / done points, stacked groups) carried out by
 a backend chosen by name."""
 
+import subprocess
+import sys
+
 import pytest
 
 from aelab import RunConfig
+from aelab.cli import main
 from aelab.errors import ConfigError
 from aelab.runs import SWEEP_FILE, write_status
 from aelab.sweep import BACKENDS, LocalBackend, Sweep, SweepSpec, parse_grid, plan_sweep, run_sweep
@@ -55,7 +59,29 @@ def test_run_sweep_hands_its_plan_to_the_backend_named(tmp_path, monkeypatch):
 
 
 def test_an_unknown_backend_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(ConfigError, match="unknown sweep backend 'ray'; valid: local"):
-        run_sweep(SweepSpec(TINY_BASE, {"loss": ("bce",)}), tmp_path / "sweep", backend="ray")
+    with pytest.raises(ConfigError, match="unknown sweep backend 'slurm'; valid: local, ray"):
+        run_sweep(SweepSpec(TINY_BASE, {"loss": ("bce",)}), tmp_path / "sweep", backend="slurm")
     assert not (tmp_path / "sweep").exists()
     assert not (tmp_path / "sweep" / SWEEP_FILE).exists()
+
+
+def test_without_ray_the_ray_backend_says_how_to_install_it_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["compare", "--backend", "ray", "--out", str(tmp_path / "sweep"), "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        'aelab: error: the ray backend needs Ray, which is not installed; install it with pip install "aelab[ray]"\n'
+    )
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_address_without_the_ray_backend_is_refused(tmp_path, capsys):
+    assert main(["compare", "--address", "auto", "--out", str(tmp_path / "sweep"), "--quiet"]) == 2
+    assert "--address names a Ray cluster; add --backend ray, or drop it" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_importing_aelab_and_its_ray_backend_does_not_import_ray():
+    code = "import sys, aelab, aelab.cli, aelab.sweep, aelab.sweep.ray_backend; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

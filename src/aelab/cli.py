@@ -440,7 +440,9 @@ def command_compare(args: argparse.Namespace) -> int:
     from aelab.runs import SWEEP_FILE
     from aelab.sweep import SweepSpec, read_sweep, run_sweep
 
-    spec = SweepSpec.from_dict({**raw_config_from_args(args, kind="sweep file"), "grid": sweep_grid(args)})
+    raw = raw_config_from_args(args, kind="sweep file")
+    runner = sweep_backend(args, raw)
+    spec = SweepSpec.from_dict({**raw, "grid": sweep_grid(args)})
     out = args.out or f"runs/compare-{datetime.now():%Y%m%d-%H%M%S}"
     recorded = read_sweep(out)
     if recorded is not None and not args.grid and not given_flags(args):
@@ -453,12 +455,35 @@ def command_compare(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         echo=lambda line: print(line, flush=True),
         extend=args.extend,
+        backend=runner,
         loggers=args.logger,
     )
     print(f"results: {result.out / 'results.csv'}")
     if not args.no_report:
         print(f"report: {render_report(result.out, evaluations=result.evaluations)}")
     return 0
+
+
+# Keys of a sweep file that choose where its runs train, not what they are.
+BACKEND_KEYS = ("backend", "address")
+
+
+def sweep_backend(args: argparse.Namespace, raw: dict[str, Any]) -> Any:
+    """The backend `aelab compare` trains with: --backend and --address, else the sweep file's
+    `backend:` and `address:` (taken out of `raw`), else local. Built here, so that a backend
+    that cannot be used (ray without Ray installed) is refused before anything is written."""
+    from aelab.sweep import get_backend
+
+    from_file = {key: raw.pop(key) for key in BACKEND_KEYS if key in raw}
+    for key, value in from_file.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"sweep file {args.config}: {key} must be a name, like {key}: ray; got {value!r}")
+    name = args.backend or from_file.get("backend", "local")
+    address = args.address or from_file.get("address")
+    if address is not None and name != "ray":
+        where = "--address" if args.address else f"address: in {args.config}"
+        raise ConfigError(f"{where} names a Ray cluster; add --backend ray, or drop it")
+    return get_backend(name, **({"address": address} if address else {}))
 
 
 def sweep_grid(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -606,6 +631,18 @@ def add_compare_commands(commands: Any) -> None:
         help="add this grid's runs to the existing sweep folder --out (else a sweep made with another grid is refused)",
     )
     compare.add_argument("--no-report", action="store_true", help="skip report.html")
+    compare.add_argument(
+        "--backend",
+        metavar="NAME",
+        help="where the runs train: local (this process, the default) or ray (a Ray cluster: pip install "
+        '"aelab[ray]"); a sweep file may say backend: ray',
+    )
+    compare.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="with --backend ray, the cluster to use (auto, HOST:6379, ray://HOST:10001; default RAY_ADDRESS, "
+        "else a local Ray on this machine's cores)",
+    )
     add_logger_option(compare)
     compare.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     compare.set_defaults(handler=command_compare)

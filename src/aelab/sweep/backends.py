@@ -2,7 +2,8 @@
 plan's unfinished runs and trains its fresh ones (`plan.groups`: the stacked groups and the
 runs that train alone), each into its run folder; evaluating the runs and writing the
 results is `run_sweep`'s. Backends are chosen by name from `BACKENDS`; "local" trains in
-this process, as every sweep did before there were backends."""
+this process, as every sweep did before there were backends, and "ray" on a Ray cluster
+(`aelab.sweep.ray_backend`, with the optional extra aelab[ray])."""
 
 from __future__ import annotations
 
@@ -66,18 +67,27 @@ class LocalBackend:
             say(f"trained {_runs(len(plan.fresh))} in {time.perf_counter() - started:.1f} s")
 
 
-# The backends by name; a backend for a cluster is one more entry.
-BACKENDS: dict[str, Callable[[], Backend]] = {"local": LocalBackend}
+def ray_backend(**options: Any) -> Backend:
+    """The "ray" backend (`aelab.sweep.ray_backend.RayBackend`), its options passed on. Ray is
+    imported only when a sweep runs on it; without Ray installed this raises ConfigError
+    saying how to install it."""
+    from aelab.sweep.ray_backend import RayBackend
+
+    return RayBackend(**options)
 
 
-def get_backend(backend: str | Backend) -> Backend:
-    """The backend called `backend` in BACKENDS (a Backend passes through). Raises ConfigError
-    naming the valid names."""
+# The backends by name, each built with its options (keyword arguments; "local" has none).
+BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": ray_backend}
+
+
+def get_backend(backend: str | Backend, **options: Any) -> Backend:
+    """The backend called `backend` in BACKENDS built with `options` (a Backend passes
+    through). Raises ConfigError naming the valid names."""
     if not isinstance(backend, str):
         return backend
     if backend not in BACKENDS:
         raise ConfigError(f"unknown sweep backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    return BACKENDS[backend]()
+    return BACKENDS[backend](**options)
 
 
 def _runs(count: int) -> str:

@@ -1,0 +1,116 @@
+"""The ray sweep backend against the local one on this machine, side by side in one process.
+
+Two grids, each trained into a fresh sweep folder by both backends in turn (the wall time of
+the backend's `run`: what `run_sweep` hands it, all of the training; the evaluation that
+follows is the same work in this process for every backend and is left out):
+
+    default grid     `aelab compare`'s 8 runs (4 losses x 2 activations, 784-100-50-100-784 on
+                     mnist-10k, 20 epochs) on 1 thread. They stack, so Ray trains them as one
+                     task on 1 CPU doing what the local backend does: the difference is Ray's
+                     overhead (start-up, task dispatch, file return, shutdown).
+    separate runs    the same 8 runs with train.engine autograd, which do not stack: the local
+                     backend trains them one after another on 1 thread, Ray 2 at a time, one
+                     per CPU of a local Ray with 2 CPUs.
+
+The local Ray is started and stopped by each Ray sweep, as `aelab compare --backend ray` does,
+so its start-up is part of the time. Afterwards every Ray run's metrics are checked against the
+local run's, epoch by epoch.
+
+    python benchmarks/sweep_ray.py            # about 6 minutes on a quiet 2-core machine
+    python benchmarks/sweep_ray.py --quick    # 2 epochs on 2,000 images: a smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from aelab.runs import read_metrics
+from aelab.sweep import DEFAULT_BASE, DEFAULT_GRID, LocalBackend, Sweep, SweepSpec, plan_sweep
+from aelab.sweep.ray_backend import RayBackend
+
+
+def spec(epochs: int, images: int | None, engine: str) -> SweepSpec:
+    base = DEFAULT_BASE.replace(data={"train_limit": images}, train={"epochs": epochs, "threads": 1, "engine": engine})
+    return SweepSpec(base, dict(DEFAULT_GRID))
+
+
+def train_plan(grid: SweepSpec, out: Path, backend) -> float:
+    """Seconds for `backend` to train the grid's runs into `out`: a sweep's training (what
+    `run_sweep` hands its backend), without the evaluation that follows, the same work for
+    every backend."""
+    plan = plan_sweep(out, Sweep((grid,)))
+    started = time.perf_counter()
+    backend.run(plan, progress=False, say=lambda line: None)
+    return time.perf_counter() - started
+
+
+def largest_difference(ray_out: Path, local_out: Path) -> float:
+    """The largest relative difference of any run's per-epoch validation loss between the two folders."""
+    worst = 0.0
+    for local_run in sorted(path for path in local_out.iterdir() if path.is_dir()):
+        ours, theirs = read_metrics(ray_out / local_run.name), read_metrics(local_run)
+        assert len(ours) == len(theirs), local_run.name
+        for mine, local in zip(ours, theirs, strict=True):
+            worst = max(worst, abs(mine["val_loss"] - local["val_loss"]) / max(1.0, abs(local["val_loss"])))
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of sweeps per grid, order alternating")
+    parser.add_argument("--quick", action="store_true", help="2 epochs on 2,000 training images")
+    args = parser.parse_args()
+    epochs, images = (2, 2000) if args.quick else (args.epochs, None)
+    root = Path(tempfile.mkdtemp(prefix="aelab-bench-ray-"))
+    print(f"{epochs} epochs, {'2,000' if images else 'all 8,000'} training images, folders under {root}")
+
+    for title, engine in (("default grid (stacked)", "auto"), ("separate runs", "autograd")):
+        grid = spec(epochs, images, engine)
+        runs = len(grid.points())
+        local_seconds, ray_seconds, backends = [], [], []
+        for repeat in range(args.repeats):
+            backend = RayBackend(num_cpus=2)
+            pair = [("local", LocalBackend()), ("ray", backend)]
+            for name, runner in pair if repeat % 2 == 0 else pair[::-1]:
+                seconds = train_plan(grid, root / f"{engine}-{name}-{repeat}", runner)
+                (local_seconds if name == "local" else ray_seconds).append(seconds)
+            backends.append(backend)
+        local, on_ray = statistics.median(local_seconds), statistics.median(ray_seconds)
+        ratio = statistics.median(a / b for a, b in zip(local_seconds, ray_seconds, strict=True))
+        records = [record for backend in backends for record in backend.records.values()]
+        tasks = list({record.scratch: record for record in records}.values())  # one record per task
+        waited = statistics.mean(record.started - record.submitted for record in tasks)
+        received = sum(record.bytes_received for record in records) / 1e6 / args.repeats
+        written = sum(record.write_seconds for record in records) / args.repeats
+        start = statistics.median(backend.startup_seconds for backend in backends)
+        stop = statistics.median(backend.shutdown_seconds for backend in backends)
+        print(
+            f"\n{title}: {runs} runs, {len(tasks) // args.repeats} Ray tasks, local Ray with 2 CPUs, 1 thread per run"
+        )
+        print(f"  local backend {local:7.1f} s   ray backend {on_ray:7.1f} s   local / ray {ratio:.2f}x")
+        print(
+            f"  ray: start {start:.1f} s, stop {stop:.1f} s, submit to task start {waited:.1f} s (mean over tasks; "
+            f"with more tasks than CPUs it includes the wait for one), {received:.1f} MB of files returned, "
+            f"{written:.2f} s writing them"
+        )
+        if engine == "auto":
+            overhead = on_ray - local
+            print(
+                f"  overhead: {overhead:.1f} s for the sweep, {overhead / runs:.2f} s per run: "
+                f"{overhead / local:.1%} of the local time ({local / runs:.1f} s per {epochs}-epoch run, stacked)"
+            )
+        else:
+            print(f"  one run alone takes {local / runs:.1f} s locally")
+        worst = max(
+            largest_difference(root / f"{engine}-ray-{r}", root / f"{engine}-local-{r}") for r in range(args.repeats)
+        )
+        print(f"  largest relative difference of a per-epoch validation loss, ray against local: {worst:.1e}")
+
+
+if __name__ == "__main__":
+    main()
