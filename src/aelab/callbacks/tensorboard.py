@@ -71,11 +71,6 @@ def scalar_tag(key: str) -> str:
     return f"{group}/{rest}" if group in SCALAR_GROUPS and rest else f"run/{key}"
 
 
-def steps_per_epoch(trainer: RunState) -> int:
-    """Optimisation steps in one epoch."""
-    return trainer.steps_per_epoch
-
-
 def validation_images(trainer: RunState, count: int) -> torch.Tensor:
     """The first `count` validation images as floats (B, C, H, W)."""
     return trainer.validation.batch(0, count)
@@ -106,7 +101,7 @@ class TensorBoardLogger(Logger):
         # The rows' scalars are written again from the checkpoint's history (what metrics.jsonl
         # holds); everything else is kept from the epochs the checkpoint holds.
         row_tags = {scalar_tag(key) for row in trainer.history for key in row}
-        kept = _events_to_keep(earlier, trainer.epoch, trainer.epoch * steps_per_epoch(trainer), row_tags)
+        kept = _events_to_keep(earlier, trainer.epoch, trainer.epoch * trainer.steps_per_epoch, row_tags)
         self._writer = EventFile(folder, suffix=LOGGER_SUFFIX)
         for event in kept:
             self._writer.add_event(event)

@@ -49,12 +49,13 @@ class Validation:
         self.stored = stored
         self.scale = scale
         self.chunk = chunk
-        self.bce_floors = [bce_floor(batch) for _, batch in self.chunks()]  # (B,) per chunk
+        self.bce_floors: list[torch.Tensor] = []  # (B,) per chunk
+        self.spread = ImageSpread()  # the targets' per-pixel variance and edge energy
+        for _, batch in self.chunks():  # one pass over the targets for both
+            self.bce_floors.append(bce_floor(batch))
+            self.spread.update(batch)
         stored_max = float(stored.max()) if stored.numel() else 1.0
         self.data_range = max(1.0, stored_max * scale)
-        self.spread = ImageSpread()  # the targets' per-pixel variance and edge energy
-        for _, batch in self.chunks():
-            self.spread.update(batch)
         self._floors: dict[str, float] = {}
 
     @classmethod
