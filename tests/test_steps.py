@@ -168,8 +168,14 @@ def test_group_keys_follow_the_stacking_roles(key):
         assert group_key(other) is None, key
 
 
-def test_the_stacked_step_trains_each_member_as_its_own_fast_step():
-    configs = [BASE, changed(BASE, "train.loss"), changed(BASE, "model.activation"), changed(BASE, "train.seed")]
+# The stacked step's batched matmuls sum in another order than a member's own step, so the two
+# differ by rounding (about 1e-8 in the weights after SGD steps). Adam divides each gradient by its
+# own running magnitude, so where a gradient element is near zero (comparable to Adam's eps, 1e-8)
+# that rounding is amplified: up to about 5e-4 of one step (lr 1e-2) on some CPUs' kernels.
+@pytest.mark.parametrize(("optimizer", "weight_atol"), [("sgd", 1e-7), ("adam", 1e-3 * BASE.train.learning_rate)])
+def test_the_stacked_step_trains_each_member_as_its_own_fast_step(optimizer, weight_atol):
+    base = BASE.replace(train={"optimizer": optimizer})
+    configs = [base, changed(base, "train.loss"), changed(base, "model.activation"), changed(base, "train.seed")]
     data = load_dataset(BASE.data)
     solo = [RunState(config, data) for config in configs]
     stacked = [RunState(config, data) for config in configs]
@@ -184,4 +190,4 @@ def test_the_stacked_step_trains_each_member_as_its_own_fast_step():
     step.release()
     for a, b in zip(solo, stacked, strict=True):
         for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values(), strict=True):
-            assert torch.allclose(x, y, rtol=1e-4, atol=1e-6)
+            assert torch.allclose(x, y, rtol=1e-4, atol=weight_atol)
