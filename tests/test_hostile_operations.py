@@ -100,6 +100,7 @@ PAUSE_AFTER_EPOCH_1 = textwrap.dedent(
     def end_epoch(member, row, *args, **kwargs):
         real_end_epoch(member, row, *args, **kwargs)
         if row["epoch"] == 1:
+            member.state.flush_writes()  # paused once epoch 1's files are on disk
             Path(paused).write_text("paused")
             deadline = time.monotonic() + 120
             while not Path(release).exists() and time.monotonic() < deadline:

@@ -85,3 +85,28 @@ def test_importing_aelab_and_its_ray_backend_does_not_import_ray():
     code = "import sys, aelab, aelab.cli, aelab.sweep, aelab.sweep.ray_backend; print('ray' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_ray_task_sends_a_run_folder_at_the_start_then_at_most_every_send_every_seconds_and_at_the_end(tmp_path):
+    from aelab import train
+    from aelab.runs import CHECKPOINT_FILE, METRICS_FILE, STATUS_FILE
+    from aelab.sweep.ray_backend import _Outbox, _Sender
+
+    now = [0.0]
+
+    class Ticking(_Sender):  # each epoch takes 2 "seconds" of the outbox's clock
+        def log_epoch(self, trainer, row, run_dir):
+            now[0] += 2.0
+            super().log_epoch(trainer, row, run_dir)
+
+    outbox = _Outbox(send_every=5.0, clock=lambda: now[0])
+    config = TINY_BASE.replace(train={"epochs": 7})
+    train(config, tmp_path / "run", callbacks=[Ticking(outbox)], doctor=False, report=False)
+    messages = []
+    while not outbox.messages.empty():
+        messages.append(outbox.messages.get())
+    # start (t=0), after epoch 3 (t=6), after epoch 6 (t=12), the end: never two sends within 5 s.
+    epochs = [len(m["files"][METRICS_FILE].splitlines()) if METRICS_FILE in m["files"] else 0 for m in messages]
+    assert epochs == [0, 3, 6, 7]
+    assert all(CHECKPOINT_FILE in m["files"] and STATUS_FILE in m["files"] for m in messages[1:])
+    assert b'"finished"' in messages[-1]["files"][STATUS_FILE]

@@ -76,7 +76,9 @@ class Instrument(Callback):
         pid_file = self.folder / "killed.pid"
         if self.name == self.kill and trainer.epoch >= 2 and not pid_file.exists():
             pid_file.write_text(str(os.getpid()))
-            wait_for(lambda: False, timeout=60)  # killed here; the test fails should it go on
+            # Killed here; the test fails should it go on. Longer than the killer waits (120 s), so
+            # that on a loaded machine the group does not give up first and resume this run itself.
+            wait_for(lambda: False, timeout=240)
 
 
 def starts(folder: Path) -> list[dict]:
@@ -114,7 +116,7 @@ def test_a_ray_sweep_survives_a_failing_run_and_a_killed_worker_and_matches_the_
     marks = tmp_path / "marks"
     marks.mkdir()
     out = tmp_path / "ray"
-    backend = RayBackend(num_cpus=2)
+    backend = RayBackend(num_cpus=2, send_every=0)  # every epoch: the killer waits for epoch 1 to arrive
     lines: list[str] = []
 
     def kill_the_worker() -> None:

@@ -22,12 +22,12 @@ import importlib.util
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from aelab.errors import ConfigError
-from aelab.runs import METRICS_FILE, write_metrics
+from aelab.runs import METRICS_FILE, metrics_bytes, write_metrics
 
 if TYPE_CHECKING:
     from aelab.train import TrainResult
@@ -64,10 +64,15 @@ class Callback:
 class Logger(Callback):
     """A callback that writes every epoch's complete metrics row into the run folder.
 
-    `log_epoch` is called after the epoch's checkpoint is written. On a resumed run
+    `log_epoch` is called after the epoch's checkpoint is on disk. (The run's own files are
+    written in order on a background thread, `RunState.write_file`; with `flush_first` False a
+    logger is called without waiting for that write, for one whose file may run ahead of the
+    checkpoint because its `on_train_start` drops what a resume trains again.) On a resumed run
     `on_train_start` sees the rows of the epochs before in `trainer.history`: a logger that
     keeps a file should make it hold exactly those, dropping rows of epochs the killed run
     finished after its last checkpoint (they are trained again)."""
+
+    flush_first: ClassVar[bool] = True
 
     def log_epoch(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> None:
         raise NotImplementedError
@@ -75,7 +80,10 @@ class Logger(Callback):
 
 class JsonlLogger(Logger):
     """metrics.jsonl: one JSON object per epoch, the whole history rewritten atomically, so a
-    kill leaves either the old file or the new one."""
+    kill leaves either the old file or the new one. It is written through the run's writer,
+    after the epoch's checkpoint."""
+
+    flush_first = False
 
     def on_train_start(self, trainer: RunState, run_dir: Path | None) -> None:
         if run_dir is not None and (trainer.history or (run_dir / METRICS_FILE).exists()):
@@ -83,7 +91,7 @@ class JsonlLogger(Logger):
 
     def log_epoch(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> None:
         if run_dir is not None:
-            write_metrics(run_dir, trainer.history)
+            trainer.write_file(run_dir / METRICS_FILE, metrics_bytes(trainer.history))
 
 
 def tensorboard_logger() -> Logger:

@@ -83,6 +83,8 @@ class TensorBoardLogger(Logger):
         training, and at the last epoch); step_every: optimisation steps between two
         "train/step_loss" points."""
 
+    flush_first = False  # events after the checkpoint's epoch are dropped by a resume (on_train_start)
+
     def __init__(self, every: int = 5, step_every: int = 10) -> None:
         check_tensorboard()
         if every < 1 or step_every < 1:

@@ -1,5 +1,6 @@
-"""Run folders: what a run writes and how it is read back (`files`), and who owns a folder:
-claiming, locking, replacing and cleaning it up (`folder`)."""
+"""Run folders: what a run writes and how it is read back (`files`), who owns a folder:
+claiming, locking, replacing and cleaning it up (`folder`), and the background writer a
+training run hands its files to (`writer`)."""
 
 from aelab.runs.files import (
     CHECKPOINT_FILE,
@@ -29,6 +30,7 @@ from aelab.runs.files import (
     load_config,
     load_run,
     load_weights,
+    metrics_bytes,
     model_digest,
     now,
     read_config_file,
@@ -38,6 +40,7 @@ from aelab.runs.files import (
     read_threads,
     save_config,
     save_model,
+    status_bytes,
     upgrade_config_dict,
     write_metrics,
     write_status,
@@ -55,6 +58,7 @@ from aelab.runs.folder import (
     remove_temporaries,
     run_lock,
 )
+from aelab.runs.writer import FolderWriter
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -77,6 +81,7 @@ __all__ = [
     "TEMPORARY_NAME_ATTEMPTS",
     "TENSORBOARD_DIR",
     "WRITE_PROBE",
+    "FolderWriter",
     "Run",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -91,6 +96,7 @@ __all__ = [
     "load_config",
     "load_run",
     "load_weights",
+    "metrics_bytes",
     "model_digest",
     "now",
     "prepare_run_dir",
@@ -104,6 +110,7 @@ __all__ = [
     "run_lock",
     "save_config",
     "save_model",
+    "status_bytes",
     "upgrade_config_dict",
     "write_metrics",
     "write_status",

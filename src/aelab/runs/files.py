@@ -213,8 +213,13 @@ def load_config(run_dir: Path) -> RunConfig:
 # --- metrics and status
 
 
+def metrics_bytes(history: list[dict[str, Any]]) -> bytes:
+    """metrics.jsonl's contents: one JSON object per epoch."""
+    return "".join(json.dumps(row) + "\n" for row in history).encode("utf-8")
+
+
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in history))
+    atomic_write_bytes(run_dir / METRICS_FILE, metrics_bytes(history))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -232,8 +237,13 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def status_bytes(state: str, **details: Any) -> bytes:
+    """status.json's contents: the state, when it was written, and `details`."""
+    return json.dumps({"state": state, "updated": now(), **details}, indent=2).encode("utf-8")
+
+
 def write_status(run_dir: Path, state: str, **details: Any) -> None:
-    atomic_write_text(run_dir / STATUS_FILE, json.dumps({"state": state, "updated": now(), **details}, indent=2))
+    atomic_write_bytes(run_dir / STATUS_FILE, status_bytes(state, **details))
 
 
 def read_status(run_dir: Path) -> dict[str, Any]:

@@ -6,7 +6,9 @@ set explicitly and no dashboard.
 No shared filesystem is assumed. A task trains into a scratch folder of its own on whatever
 node runs it, through the public API (`aelab.train_ensemble` with a doctor per run, or
 `aelab.resume`), and streams the run folders' files back as it goes: after the first
-checkpoint, after every epoch's checkpoint and at the end. The driver writes them into the
+checkpoint, after an epoch's checkpoint once `send_every` seconds have passed since the run's
+last send (5 by default: a 2 MB checkpoint every epoch would be most of what a fast run ships),
+and at the end. The driver writes them into the
 sweep folder with the atomic writes of `aelab.runs` (status.json last), so the sweep folder
 is at every instant what a local run killed at that moment leaves, and the same folder a
 local sweep writes once the runs are done.
@@ -68,6 +70,9 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'the ray backend needs Ray, which is not installed; install it with pip install "aelab[ray]"'
 DEFAULT_RETRIES = 3  # a task whose worker died is submitted again this many times at most
+# A task sends a run's files after an epoch only when this many seconds have passed since it last
+# sent them: what a dead worker loses at most, and how often the sweep's progress line moves.
+DEFAULT_SEND_EVERY = 5.0
 ENDED_STATES = ("finished", "diverged", "failed")  # a run in one of these has nothing left to train
 FAILED = "failed"
 # The order the driver writes a message's files in, as training writes them: the config, then
@@ -146,11 +151,18 @@ def _error_text(error: BaseException) -> str:
 
 
 class _Outbox:
-    """What a task sends: changes to its run folders, since the last send of each."""
+    """What a task sends: changes to its run folders, since the last send of each. `due`
+    says whether `send_every` seconds have passed since a folder's last send."""
 
-    def __init__(self) -> None:
+    def __init__(self, send_every: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.messages: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.send_every, self.clock = send_every, clock
         self._sent: dict[Path, dict[str, tuple[int, int, int]]] = {}
+        self._sent_at: dict[Path, float] = {}
+
+    def due(self, folder: Path | None) -> bool:
+        last = self._sent_at.get(folder) if folder is not None else None
+        return last is None or self.clock() - last >= self.send_every
 
     def know(self, folder: Path) -> None:
         """Take the files `folder` holds now as sent (they came from the driver)."""
@@ -161,6 +173,7 @@ class _Outbox:
         Called on the thread that writes the folder, between its writes."""
         if folder is None:
             return
+        self._sent_at[folder] = self.clock()
         sent = self._sent.setdefault(folder, {})
         present = _folder_files(folder)
         files: dict[str, bytes] = {}
@@ -182,9 +195,11 @@ def _signature(stat: os.stat_result) -> tuple[int, int, int]:
 
 
 class _Sender(Logger):
-    """Sends its run folder's changes: at the start (config, first checkpoint), after every
-    epoch's checkpoint (a Logger's `log_epoch` comes after the checkpoint is on disk) and at
-    the end (model, finished status, the doctor's findings: it comes after the doctor)."""
+    """Sends its run folder's changes: at the start (config, first checkpoint), after an
+    epoch's checkpoint when the outbox says a send is due (a Logger's `log_epoch` comes after
+    the checkpoint, metrics.jsonl and status.json are on disk, so what it sends is a consistent
+    folder) and at the end (model, finished status, the doctor's findings: it comes after the
+    doctor)."""
 
     def __init__(self, outbox: _Outbox) -> None:
         self.outbox = outbox
@@ -195,7 +210,9 @@ class _Sender(Logger):
         self.outbox.send(run_dir)
 
     def log_epoch(self, trainer: Any, row: Any, run_dir: Path | None) -> None:
-        self.outbox.send(run_dir)
+        if self.outbox.due(run_dir):
+            trainer.flush_writes()  # the epoch's checkpoint and metrics on disk before they are read
+            self.outbox.send(run_dir)
 
     def on_train_end(self, trainer: Any, result: Any) -> None:
         self.outbox.send(self.run_dir)
@@ -205,6 +222,7 @@ def train_task(
     runs: list[dict[str, Any]],
     loggers: list[str],
     make_callbacks: Callable[[], Iterable[Any]] | None,
+    send_every: float = DEFAULT_SEND_EVERY,
 ) -> Iterator[dict[str, Any]]:
     """The body of one Ray task, a generator of messages for the driver. runs: {"name",
     "config" (a config dict), "files" (the run folder's files the driver has; none for a
@@ -214,7 +232,7 @@ def train_task(
     import ray
 
     scratch = Path(tempfile.mkdtemp(prefix="aelab-ray-"))
-    outbox = _Outbox()
+    outbox = _Outbox(send_every)
     node = ray.get_runtime_context().get_node_id()
     yield {"event": "start", "node": node, "pid": os.getpid(), "time": time.time(), "scratch": str(scratch)}
     trainer = threading.Thread(
@@ -382,6 +400,9 @@ class RayBackend:
         a count in train.threads is used as it is.
     gpus_per_run: the GPUs (a fraction shares one) of a task whose runs have train.device cuda.
     max_retries: how many times a task whose worker died is submitted again.
+    send_every: seconds between two sends of a run's files from its task, at most one per
+        epoch (0: after every epoch). A worker that dies loses at most this long and one epoch
+        of training.
 
     After `run`, `records` holds a `RunRecord` per run, `seconds` the time `run` took,
     `startup_seconds` the part spent starting or joining Ray and `shutdown_seconds` stopping it."""
@@ -394,6 +415,7 @@ class RayBackend:
         cpus_per_run: int = 1,
         gpus_per_run: float = 1.0,
         max_retries: int = DEFAULT_RETRIES,
+        send_every: float = DEFAULT_SEND_EVERY,
     ) -> None:
         require_ray()
         for name, value in (("num_cpus", num_cpus), ("cpus_per_run", cpus_per_run)):
@@ -409,7 +431,10 @@ class RayBackend:
         self.num_cpus = num_cpus
         self.cpus_per_run = cpus_per_run
         self.gpus_per_run = float(gpus_per_run)
+        if isinstance(send_every, bool) or not isinstance(send_every, (int, float)) or not 0 <= send_every < 1e9:
+            raise ConfigError(f"ray backend send_every must be a number of seconds, 0 or more, got {send_every!r}")
         self.max_retries = max_retries
+        self.send_every = float(send_every)
         self.records: dict[str, RunRecord] = {}
         self.seconds: float | None = None
         self.startup_seconds: float | None = None
@@ -567,7 +592,7 @@ class _Driver:
         gpus = self.backend.gpus_per_run if any(run.config.train.device == "cuda" for run in runs) else 0
         generator = self.remote.options(
             num_cpus=cpus, num_gpus=gpus, max_retries=0, num_returns="streaming", name=f"aelab:{names[0]}"
-        ).remote(payload, self.loggers, self.make_callbacks)
+        ).remote(payload, self.loggers, self.make_callbacks, self.backend.send_every)
         self.tasks[generator] = _Task(names, attempt)
         now = time.time()
         for name in names:

@@ -27,8 +27,8 @@ from aelab.callbacks import Callback, Logger, epoch_extras, step_hook
 from aelab.data import prepare_batch
 from aelab.errors import AelabError, DivergenceError
 from aelab.nn.models import Autoencoder
-from aelab.runs import save_model, write_status
-from aelab.train.checkpoint import save_checkpoint
+from aelab.runs import CHECKPOINT_FILE, STATUS_FILE, FolderWriter, save_model, status_bytes, write_status
+from aelab.train.checkpoint import checkpoint_bytes, save_checkpoint
 from aelab.train.divergence import DIVERGENCE_CHECKS_PER_EPOCH, record_divergence
 from aelab.train.state import RunState
 from aelab.train.steps import Step, make_step
@@ -66,9 +66,25 @@ def fit(members: list[Member], step: Step, *, progress: bool, share_batches: boo
     """Train every member to its end (its epochs, early stopping, or divergence) with `step`,
     whose `states` are the members' states in the step's order. Returns the members; each
     diverged one holds its error (already recorded in its folder), the others are finished
-    (`finish_run`)."""
+    (`finish_run`).
+
+    The runs' checkpoints, metrics.jsonl and status.json are written by one `FolderWriter`
+    (in order, on a background thread) while the next epoch trains; every write is on disk
+    before `fit` returns or raises, and before a run's divergence or end is written."""
     by_state = {id(member.state): member for member in members}
     stack = [by_state[id(state)] for state in step.states]  # the members in the step's order
+    with FolderWriter() as writer:
+        for member in stack:
+            member.state.writer = writer if member.run_dir is not None else None
+        try:
+            _train(members, stack, step, progress, share_batches)
+        finally:
+            for member in stack:
+                member.state.writer = None
+    return members
+
+
+def _train(members: list[Member], stack: list[Member], step: Step, progress: bool, share_batches: bool) -> None:
     for member in stack:
         start(member)
     while any(member.training for member in stack):
@@ -103,7 +119,6 @@ def fit(members: list[Member], step: Step, *, progress: bool, share_batches: boo
     for member in members:
         if member.error is None:
             finish_run(member)
-    return members
 
 
 def start(member: Member) -> None:
@@ -111,6 +126,7 @@ def start(member: Member) -> None:
     a callback that stops the run there (an AelabError, as `Doctor(strict=True)` raises)
     marks the folder "stopped"."""
     state, run_dir = member.state, member.run_dir
+    state.flush_writes()
     if run_dir is not None and state.epoch == 0:
         save_checkpoint(state, run_dir)
     try:
@@ -125,6 +141,7 @@ def start(member: Member) -> None:
 
 def diverge(member: Member, error: DivergenceError) -> None:
     state = member.state
+    state.flush_writes()  # the last good epoch's files, before the folder says it diverged
     member.error = record_divergence(member.run_dir, error, state.epoch, state.threads)
 
 
@@ -195,7 +212,8 @@ def train_epoch(stack: list[Member], step: Step, progress: bool, share_batches: 
 def end_epoch(member: Member, row: dict[str, Any], progress: bool, echo: bool = True) -> None:
     """After an epoch's row is recorded: the callbacks' additions merged into the row (and so
     into the history), the log line, the checkpoint, then the loggers and the status. The
-    checkpoint is written before the loggers, so metrics.jsonl never runs ahead of it."""
+    checkpoint is written before the loggers, so metrics.jsonl never runs ahead of it; all three
+    go through the run's writer (`RunState.write_file`), in that order."""
     state, run_dir, callbacks = member.state, member.run_dir, member.callbacks
     config = state.config
     row.update(epoch_extras(callbacks, state, row, run_dir))
@@ -207,13 +225,15 @@ def end_epoch(member: Member, row: dict[str, Any], progress: bool, echo: bool = 
         tqdm.write(message)
     log.info(message)
     if run_dir is not None:
-        save_checkpoint(state, run_dir)
+        state.write_file(run_dir / CHECKPOINT_FILE, checkpoint_bytes(state))
     logged = MappingProxyType(row)
     for callback in callbacks:
         if isinstance(callback, Logger):
+            if callback.flush_first:
+                state.flush_writes()
             callback.log_epoch(state, logged, run_dir)
     if run_dir is not None:
-        write_status(run_dir, "running", epochs_done=state.epoch, threads=state.threads)
+        state.write_file(run_dir / STATUS_FILE, status_bytes("running", epochs_done=state.epoch, threads=state.threads))
 
 
 def finish_run(member: Member) -> TrainResult:
@@ -221,6 +241,7 @@ def finish_run(member: Member) -> TrainResult:
     the result is also kept in `member.result`."""
     state, run_dir = member.state, member.run_dir
     config = state.config
+    state.flush_writes()
     stopped_early = state.epoch < config.train.epochs
     state.restore_best()
     if run_dir is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +22,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model
+from aelab.runs import FolderWriter, atomic_write_bytes
 from aelab.train.divergence import DivergenceGuard
 from aelab.train.fast import fast_optimizer
 
@@ -108,6 +110,23 @@ class RunState:
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_epochs = 0
+        # While `fit` trains the run, the writer its folder's own files go through (in order, on
+        # a background thread); None: they are written at once.
+        self.writer: FolderWriter | None = None
+
+    def write_file(self, path: Path, data: bytes) -> None:
+        """One of the run folder's own files, replaced atomically: handed to `writer` while
+        `fit` trains the run, else written now."""
+        if self.writer is not None:
+            self.writer.write(path, data)
+        else:
+            atomic_write_bytes(path, data)
+
+    def flush_writes(self) -> None:
+        """Wait until the files handed to `writer` are on disk (before reading the folder, or
+        writing to it directly); raises a failed write's error."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def _check_fits(self) -> None:
         sample = self.data.val[:1].to(self.device).float()
