@@ -18,6 +18,7 @@ local run's, epoch by epoch.
 
     python benchmarks/sweep_ray.py            # about 6 minutes on a quiet 2-core machine
     python benchmarks/sweep_ray.py --quick    # 2 epochs on 2,000 images: a smoke check
+    python benchmarks/sweep_ray.py --seeds 2  # the separate runs with 2 seeds each: 16 runs
 """
 
 from __future__ import annotations
@@ -33,9 +34,12 @@ from aelab.sweep import DEFAULT_BASE, DEFAULT_GRID, LocalBackend, Sweep, SweepSp
 from aelab.sweep.ray_backend import RayBackend
 
 
-def spec(epochs: int, images: int | None, engine: str) -> SweepSpec:
+def spec(epochs: int, images: int | None, engine: str, seeds: int = 1) -> SweepSpec:
     base = DEFAULT_BASE.replace(data={"train_limit": images}, train={"epochs": epochs, "threads": 1, "engine": engine})
-    return SweepSpec(base, dict(DEFAULT_GRID))
+    grid = dict(DEFAULT_GRID)
+    if seeds > 1:
+        grid["seed"] = tuple(range(seeds))
+    return SweepSpec(base, grid)
 
 
 def train_plan(grid: SweepSpec, out: Path, backend) -> float:
@@ -64,13 +68,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="pairs of sweeps per grid, order alternating")
     parser.add_argument("--quick", action="store_true", help="2 epochs on 2,000 training images")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="seeds per point of the separate-runs grid (2: 16 runs, Ray's start shared)"
+    )
     args = parser.parse_args()
     epochs, images = (2, 2000) if args.quick else (args.epochs, None)
     root = Path(tempfile.mkdtemp(prefix="aelab-bench-ray-"))
     print(f"{epochs} epochs, {'2,000' if images else 'all 8,000'} training images, folders under {root}")
 
     for title, engine in (("default grid (stacked)", "auto"), ("separate runs", "autograd")):
-        grid = spec(epochs, images, engine)
+        grid = spec(epochs, images, engine, args.seeds if engine == "autograd" else 1)
         runs = len(grid.points())
         local_seconds, ray_seconds, backends = [], [], []
         for repeat in range(args.repeats):
