@@ -1,8 +1,9 @@
 """The ray sweep backend against the local one on this machine, side by side in one process.
 
-Two grids, each trained into a fresh sweep folder by both backends in turn (the wall time of
-the backend's `run`: what `run_sweep` hands it, all of the training; the evaluation that
-follows is the same work in this process for every backend and is left out):
+Two grids, each trained into a fresh sweep folder by both backends in turn. The time is the
+whole `run_sweep`, what `aelab compare` waits for before it draws the report: the training, then
+the evaluation of every run and the results files. The ray backend's Ray stops while the
+runs are evaluated, so its stop counts only where it takes longer than that evaluation:
 
     default grid     `aelab compare`'s 8 runs (4 losses x 2 activations, 784-100-50-100-784 on
                      mnist-10k, 20 epochs) on 1 thread. They stack, so Ray trains them as one
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 from aelab.runs import read_metrics
-from aelab.sweep import DEFAULT_BASE, DEFAULT_GRID, LocalBackend, Sweep, SweepSpec, plan_sweep
+from aelab.sweep import DEFAULT_BASE, DEFAULT_GRID, LocalBackend, SweepSpec, run_sweep
 from aelab.sweep.ray_backend import RayBackend
 
 
@@ -42,13 +43,10 @@ def spec(epochs: int, images: int | None, engine: str, seeds: int = 1) -> SweepS
     return SweepSpec(base, grid)
 
 
-def train_plan(grid: SweepSpec, out: Path, backend) -> float:
-    """Seconds for `backend` to train the grid's runs into `out`: a sweep's training (what
-    `run_sweep` hands its backend), without the evaluation that follows, the same work for
-    every backend."""
-    plan = plan_sweep(out, Sweep((grid,)))
+def sweep_seconds(grid: SweepSpec, out: Path, backend) -> float:
+    """Seconds of `run_sweep(grid, out, backend=backend)` into a fresh folder."""
     started = time.perf_counter()
-    backend.run(plan, progress=False, say=lambda line: None)
+    run_sweep(grid, out, backend=backend)
     return time.perf_counter() - started
 
 
@@ -68,9 +66,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1, help="pairs of sweeps per grid, order alternating")
     parser.add_argument("--quick", action="store_true", help="2 epochs on 2,000 training images")
-    parser.add_argument(
-        "--seeds", type=int, default=1, help="seeds per point of the separate-runs grid (2: 16 runs, Ray's start shared)"
-    )
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per point of the separate-runs grid (2: 16 runs)")
     args = parser.parse_args()
     epochs, images = (2, 2000) if args.quick else (args.epochs, None)
     root = Path(tempfile.mkdtemp(prefix="aelab-bench-ray-"))
@@ -84,7 +80,7 @@ def main() -> None:
             backend = RayBackend(num_cpus=2)
             pair = [("local", LocalBackend()), ("ray", backend)]
             for name, runner in pair if repeat % 2 == 0 else pair[::-1]:
-                seconds = train_plan(grid, root / f"{engine}-{name}-{repeat}", runner)
+                seconds = sweep_seconds(grid, root / f"{engine}-{name}-{repeat}", runner)
                 (local_seconds if name == "local" else ray_seconds).append(seconds)
             backends.append(backend)
         local, on_ray = statistics.median(local_seconds), statistics.median(ray_seconds)
@@ -101,7 +97,8 @@ def main() -> None:
         )
         print(f"  local backend {local:7.1f} s   ray backend {on_ray:7.1f} s   local / ray {ratio:.2f}x")
         print(
-            f"  ray: start {start:.1f} s, stop {stop:.1f} s, submit to task start {waited:.1f} s (mean over tasks; "
+            f"  ray: start {start:.1f} s, stop {stop:.1f} s (during the evaluation), "
+            f"submit to task start {waited:.1f} s (mean over tasks; "
             f"with more tasks than CPUs it includes the wait for one), {received:.1f} MB of files returned, "
             f"{written:.2f} s writing them"
         )

@@ -146,15 +146,25 @@ class Evaluation:
 
 
 class _DataCache:
-    """Datasets by DataConfig, so a sweep over losses reads its images once."""
+    """Datasets by DataConfig, and their validation sets, so a sweep over losses reads its images
+    and builds its validation set once."""
 
     def __init__(self) -> None:
         self._loaded: dict[DataConfig, ImageData] = {}
+        self._validations: dict[tuple[int, DataConfig, int | None], tuple[ImageData, Validation]] = {}
 
     def get(self, config: DataConfig) -> ImageData:
         if config not in self._loaded:
             self._loaded[config] = load_dataset(config)
         return self._loaded[config]
+
+    def validation(self, data: ImageData, config: DataConfig, seed: int) -> Validation:
+        """The validation set training built for these data and settings (`Validation.build`),
+        built once for the runs that share it (a sweep's runs mostly do)."""
+        key = (id(data), config, seed if config.binarize != "none" else None)  # the seed draws binarised targets
+        if key not in self._validations:  # the data are kept with it, so their id stays theirs
+            self._validations[key] = (data, Validation.build(data, config, seed))
+        return self._validations[key][1]
 
 
 def evaluate_run(run_dir: str | Path, data: ImagesLike | None = None) -> Evaluation:
@@ -195,7 +205,7 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
     config = evaluation.config = run.config
     model = run.model.to("cpu").eval()
     likelihood = get_likelihood(config.train.loss)
-    validation = Validation.build(data, config.data, config.train.seed + 2)  # as training built it
+    validation = cache.validation(data, config.data, config.train.seed + 2)  # as training built it
 
     targets = validation.targets  # (M, C, H, W), prepared exactly as during training
     saved = _saved_row(run_dir, status, history, config)

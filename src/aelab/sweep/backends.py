@@ -38,7 +38,12 @@ class Backend(Protocol):
         """Finish `plan.unfinished` and train `plan.fresh` into their folders (`plan.run_dir`),
         telling `say` one line as each step starts. A run that diverges is marked so in its
         folder and the others go on. Each run gets `make_callbacks()` (its own callbacks) and
-        a doctor, and the loggers named (besides metrics.jsonl)."""
+        a doctor, and the loggers named (besides metrics.jsonl). It may leave clean-up going
+        (stopping a cluster it started) for `close` to wait for."""
+        ...
+
+    def close(self) -> None:
+        """Wait for what `run` left going; `run_sweep` calls it once it has evaluated the runs."""
         ...
 
 
@@ -65,6 +70,9 @@ class LocalBackend:
             configs, outs = [p.config for p in plan.fresh], [plan.run_dir(p) for p in plan.fresh]
             train_runs(configs, outs, progress, make_callbacks, loggers)
             say(f"trained {_runs(len(plan.fresh))} in {time.perf_counter() - started:.1f} s")
+
+    def close(self) -> None:
+        """Nothing is left going after `run`."""
 
 
 def ray_backend(**options: Any) -> Backend:

@@ -404,8 +404,12 @@ class RayBackend:
         epoch (0: after every epoch). A worker that dies loses at most this long and one epoch
         of training.
 
-    After `run`, `records` holds a `RunRecord` per run, `seconds` the time `run` took,
-    `startup_seconds` the part spent starting or joining Ray and `shutdown_seconds` stopping it."""
+    `run` returns once every run's files are in the sweep folder, leaving the Ray it started to
+    stop on a background thread while the caller evaluates the runs; `close()` waits for that
+    (`run_sweep` calls it after the evaluation; a Ctrl-C or an error stops Ray before `run`
+    returns). After `run`, `records` holds a `RunRecord` per run, `seconds` the time `run` took,
+    `startup_seconds` the part spent starting or joining Ray and, after `close()`,
+    `shutdown_seconds` the time stopping it took."""
 
     def __init__(
         self,
@@ -439,6 +443,8 @@ class RayBackend:
         self.seconds: float | None = None
         self.startup_seconds: float | None = None
         self.shutdown_seconds: float | None = None
+        self._stopping: threading.Thread | None = None
+        self._stop_error: BaseException | None = None
 
     def run(
         self,
@@ -449,18 +455,41 @@ class RayBackend:
         make_callbacks: Callable[[], Iterable[Any]] | None = None,
         loggers: Iterable[str] = (),
     ) -> None:
+        self.close()  # a Ray this backend started before is stopped first
         if not plan.unfinished and not plan.fresh:
             return
         import ray
 
         started = time.perf_counter()
+        connection = contextlib.ExitStack()
         try:
-            with _connected(ray, self.address, self.num_cpus) as where:
-                self.startup_seconds = time.perf_counter() - started
-                _Driver(self, ray, plan, progress, say, make_callbacks, list(loggers)).drive(where)
-                stopping = time.perf_counter()
+            where = connection.enter_context(_connected(ray, self.address, self.num_cpus))
+            self.startup_seconds = time.perf_counter() - started
+            _Driver(self, ray, plan, progress, say, make_callbacks, list(loggers)).drive(where)
+        except BaseException:
+            connection.close()
+            raise
         finally:
             self.seconds = time.perf_counter() - started
+        # Every file is in the sweep folder: Ray stops while the caller evaluates the runs.
+        self._stopping = threading.Thread(target=self._stop, args=(connection,), name="aelab-ray-stop", daemon=True)
+        self._stopping.start()
+
+    def close(self) -> None:
+        """Wait until the Ray that `run` started has stopped (nothing to wait for otherwise)."""
+        if self._stopping is not None:
+            self._stopping.join()
+            self._stopping = None
+        error, self._stop_error = self._stop_error, None
+        if error is not None:
+            raise error
+
+    def _stop(self, connection: contextlib.ExitStack) -> None:
+        stopping = time.perf_counter()
+        try:
+            connection.close()
+        except BaseException as error:  # raised by close()
+            self._stop_error = error
         self.shutdown_seconds = time.perf_counter() - stopping
 
 

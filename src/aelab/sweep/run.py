@@ -74,9 +74,13 @@ def run_sweep(
     atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(plan.sweep.to_dict(), sort_keys=False))
     counts = f"{len(plan.done)} done before, {len(plan.unfinished)} to resume, {len(plan.fresh)} to train"
     say(f"sweep {out}: {_runs(len(points))} ({counts})")
-    runner.run(plan, progress=progress, say=say, make_callbacks=make_callbacks, loggers=loggers)
-
-    evaluations = evaluate_runs([out / p.name for p in points])
+    close = getattr(runner, "close", None)  # a backend written before backends had close()
+    try:
+        runner.run(plan, progress=progress, say=say, make_callbacks=make_callbacks, loggers=loggers)
+        evaluations = evaluate_runs([out / p.name for p in points])  # while the backend cleans up
+    finally:
+        if close is not None:
+            close()
     rows = []
     for point, evaluation in zip(points, evaluations, strict=True):
         row = {"run": point.name, **point.values, **evaluation.summary()}
