@@ -275,3 +275,35 @@ def test_cli_trains_a_denoising_sparse_run_and_records_its_numbers(tmp_path, cap
     assert main(["train", *TINY_FLAGS, "--noise", "blur:1", "--out", str(tmp_path / "bad")]) == 2
     error = capsys.readouterr().err
     assert len(error.strip().splitlines()) == 1 and "gaussian, mask, salt_pepper" in error
+
+
+def test_the_doctor_names_the_flags_for_a_wide_code_and_is_quiet_for_a_constrained_one(tmp_path, capsys):
+    from aelab.doctor import check_setup
+
+    wide = RunConfig.from_dict(TINY).replace(model={"hidden_dims": [], "latent_dim": 784})
+    data = load_dataset(wide.data)
+    (finding,) = [f for f in check_setup(wide, data) if f.id == "code-too-wide"]
+    assert "train.noise: gaussian:0.5" in finding.fix and "train.sparsity: l1" in finding.fix
+    for options in ({"noise": "mask:0.3"}, {"sparsity": "l1"}, {"contractive": 0.1}):
+        assert "code-too-wide" not in {f.id for f in check_setup(wide.replace(train=options), data)}, options
+    flags = [*TINY_FLAGS, "--hidden", "none", "--latent", "784", "--epochs", "1", "--no-report"]
+    main(["train", *flags, "--out", str(tmp_path / "wide")])
+    assert "--noise gaussian:0.5" in capsys.readouterr().out + (tmp_path / "wide" / "findings.json").read_text()
+
+
+def test_compare_takes_the_options_as_grid_keys_and_stacks_them(tmp_path):
+    from aelab.sweep.grid import parse_grid, parse_value, resolve_key
+
+    grid = parse_grid(["noise=none,gaussian:0.5", "sparsity=l1,kl:0.05:0.1", "contractive=0,0.1"])
+    assert grid == {"noise": ("none", "gaussian:0.5"), "sparsity": ("l1", "kl:0.05:0.1"), "contractive": ("0", "0.1")}
+    assert [resolve_key(key) for key in grid] == [("train", "noise"), ("train", "sparsity"), ("train", "contractive")]
+    assert parse_value("contractive", "0.1") == 0.1
+    sweep = tmp_path / "sweep"
+    grid = ["--grid", "noise=none,mask:0.3", "sparsity=none,l1", "--epochs", "1", "--no-report"]
+    assert main(["compare", *TINY_FLAGS, *grid, "--out", str(sweep)]) == 0
+    folders = sorted(path.name for path in sweep.iterdir() if (path / "config.yaml").exists())
+    assert folders == ["noise-mask-0.3_sparsity-l1", "noise-mask-0.3_sparsity-none", "noise-none_sparsity-l1",
+                       "noise-none_sparsity-none"]  # fmt: skip
+    run = load_run(sweep / "noise-mask-0.3_sparsity-l1")
+    assert (run.config.train.noise, run.config.train.sparsity) == ("mask:0.3", "l1")
+    assert "val_noisy_mse" in run.history[-1] and "val_noisy_mse" not in load_run(sweep / folders[-1]).history[-1]

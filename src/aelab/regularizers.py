@@ -260,28 +260,36 @@ def _derivative(name: str, output: torch.Tensor, pre_activation: torch.Tensor) -
     return ACTIVATIONS[name].gradient(torch.ones_like(output), output, pre_activation)  # type: ignore[misc]
 
 
-def dense_jacobian_norm(layers: list[tuple[torch.Tensor, torch.Tensor, str]], images: torch.Tensor) -> torch.Tensor:
+def dense_jacobian_norm(
+    layers: list[tuple[torch.Tensor, torch.Tensor, str]], images: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(code (B, K), ||J||_F^2 (B,)) of a dense encoder h = f_L(W_L ... f_1(W_1 x + b_1) ...),
     layers [(weight (out, in), bias (out,), activation name)], images (B, D).
 
-    J = D_L W_L ... D_1 W_1 with D_k = diag(f_k'(z_k)), so J J^T follows from the Gram matrix
-    G_1 = W_1 W_1^T by G_k = W_k D_{k-1} G_{k-1} D_{k-1} W_k^T, and ||J||_F^2 = sum_j d_Lj^2 (G_L)_jj:
-    exact, one ordinary backward (no double backward), and never the (B, K, D) Jacobian
-    itself. For one layer this is Rifai et al.'s closed form sum_j d_j^2 ||W_j||^2."""
+    J = D_L P_L with D_k = diag(f_k'(z_k)) and P_k = W_k D_{k-1} P_{k-1}, P_1 = W_1, so the Gram
+    matrices follow from G_1 = W_1 W_1^T by G_k = (W_k D_{k-1}) G_{k-1} (W_k D_{k-1})^T, and
+    ||J||_F^2 = sum_j d_Lj^2 (G_L)_jj, of which only the diagonal is formed: exact, one ordinary
+    backward (no double backward), never the (B, K, D) Jacobian itself. For one layer this is
+    Rifai et al.'s closed form sum_j f'(z_j)^2 ||W_j||^2."""
     hidden = images
-    gram: torch.Tensor | None = None  # (out, out) for the first layer, then (B, out, out)
-    derivative: torch.Tensor | None = None
-    for weight, bias, name in layers:
+    gram: torch.Tensor | None = None  # G_{k-1}: (in, in) after the first layer, then (B, in, in)
+    derivative = diagonal = torch.empty(0)
+    for index, (weight, bias, name) in enumerate(layers):
+        last = index == len(layers) - 1
         if gram is None:
-            gram = weight @ weight.t()
+            if last:
+                diagonal = weight.square().sum(1)  # (out,)
+            else:
+                gram = weight @ weight.t()
         else:
-            inner = derivative[:, :, None] * gram * derivative[:, None, :]  # D G D, (B, in, in)
-            gram = weight @ inner @ weight.t()  # (B, out, out)
+            scaled = weight * derivative[:, None, :]  # W_k D_{k-1}, (B, out, in)
+            if last:
+                diagonal = ((scaled @ gram) * scaled).sum(-1)  # (B, out)
+            else:
+                gram = scaled @ gram @ scaled.transpose(1, 2)  # (B, out, out)
         pre = torch.nn.functional.linear(hidden, weight, bias)
         hidden = ACTIVATIONS[name].function(pre)
         derivative = _derivative(name, hidden, pre)  # (B, out)
-    assert gram is not None and derivative is not None
-    diagonal = gram.diagonal(dim1=-2, dim2=-1)  # (out,) or (B, out)
     return hidden, (derivative.square() * diagonal).sum(1)
 
 
