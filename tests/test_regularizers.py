@@ -246,8 +246,12 @@ def test_a_stopped_denoising_run_resumes_bit_identically(tmp_path, options):
     assert "rng/noise" in load_file(tmp_path / "whole" / "checkpoint.safetensors")
 
 
-def test_plain_runs_keep_their_checkpoint_and_metrics_keys(tmp_path):
-    train(RunConfig.from_dict(RESUME), tmp_path / "plain", progress=False, **NO_DOCTOR)
+def test_plain_runs_keep_their_checkpoint_metrics_keys_and_report(tmp_path):
+    from aelab import evaluate_run
+
+    train(RunConfig.from_dict(RESUME), tmp_path / "plain", progress=False, doctor=False)
+    assert "<h2>Denoising</h2>" not in (tmp_path / "plain" / "report.html").read_text()
+    assert evaluate_run(tmp_path / "plain").sample_noisy is None
     assert "rng/noise" not in load_file(tmp_path / "plain" / "checkpoint.safetensors")
     assert not any(key.startswith(("val_noisy", "val_code")) for key in load_run(tmp_path / "plain").history[-1])
 
@@ -271,6 +275,13 @@ def test_cli_trains_a_denoising_sparse_run_and_records_its_numbers(tmp_path, cap
     assert rows[-1]["val_noisy_mse"] > rows[-1]["val_mse"]  # noisy inputs are harder to reconstruct from
     config = load_run(out).config
     assert (config.train.noise, config.train.sparsity) == ("gaussian:0.5", "l1:1e-3")
+    from aelab import evaluate_run, render_report
+
+    evaluation = evaluate_run(out)
+    assert evaluation.metrics["noisy_mse"] == pytest.approx(rows[-1]["val_noisy_mse"], rel=1e-5)  # same seed
+    assert evaluation.sample_noisy.shape == evaluation.sample_targets.shape
+    assert not torch.equal(evaluation.sample_noisy, evaluation.sample_targets)
+    assert "noisy inputs, reconstructions and originals" in render_report(out).read_text()
     capsys.readouterr()
     assert main(["train", *TINY_FLAGS, "--noise", "blur:1", "--out", str(tmp_path / "bad")]) == 2
     error = capsys.readouterr().err

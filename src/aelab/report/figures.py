@@ -112,8 +112,10 @@ def figure_denoising(evaluations: Sequence[Evaluation], labels: Sequence[str]) -
         return None
     rows: list[tuple[str, np.ndarray]] = []
     for evaluation, label in runs:
+        noisy, clean = evaluation.metrics.get("noisy_mse", math.nan), evaluation.metrics.get("mse", math.nan)
         rows.append((f"{label}\nnoisy input", _image_array(evaluation.sample_noisy)))
-        rows.append(("reconstruction", _image_array(evaluation.sample_denoised)))
+        scores = f"reconstruction\nMSE {noisy:.4f}\n(clean inputs {clean:.4f})"
+        rows.append((scores, _image_array(evaluation.sample_denoised)))
         rows.append(("original", _image_array(evaluation.sample_targets)))
     count = rows[0][1].shape[0]
     top = max(1.0, max(float(e.sample_targets.max()) for e, _ in runs))  # type: ignore[union-attr]
