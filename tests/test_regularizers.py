@@ -8,6 +8,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 from aelab import RunConfig, load_dataset, load_run, resume, train
@@ -189,6 +191,34 @@ def test_the_fast_step_equals_autograd_with_each_option_on(data, options):
     for (name, a), b in zip(reference.model.state_dict().items(), fast.model.state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
     assert torch.equal(reference.noise_generator.get_state(), fast.noise_generator.get_state())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    noise=st.sampled_from(["none", *NOISE_SPECS, "mask:0.6", "gaussian:2"]),
+    sparsity=st.sampled_from(["none", "l1", "l1:0.05", "kl:0.05:0.1", "kl:0.3"]),
+    activation=st.sampled_from(["sigmoid", "relu", "tanh", "elu"]),
+    loss=st.sampled_from(["bce", "mse", "mae", "cb"]),
+    optimizer=st.sampled_from(["sgd", "adam", "rmsprop"]),
+    tied=st.booleans(),
+    hidden=st.sampled_from([[], [12], [12, 8]]),
+)
+def test_random_regularised_configs_train_alike_on_both_engines(
+    data, noise, sparsity, activation, loss, optimizer, tied, hidden
+):
+    config = BASE.replace(
+        model={"activation": activation, "code_activation": "sigmoid", "tied": tied, "hidden_dims": hidden},
+        train={"noise": noise, "sparsity": sparsity, "loss": loss, "optimizer": optimizer, "learning_rate": 0.01},
+    )
+    reference = RunState(config.replace(train={"engine": "autograd"}), data)
+    fast = RunState(config.replace(train={"engine": "fast"}), data)
+    reference_step, fast_step = make_step([reference]), make_step([fast])
+    assert isinstance(fast_step, FastStep)
+    for step in range(2):
+        images = reference.batch(torch.arange(step * 32, step * 32 + 32))[None]
+        assert float(fast_step(images)[0]) == pytest.approx(float(reference_step(images)[0]), rel=1e-5, abs=1e-6)
+    for (name, a), b in zip(reference.model.state_dict().items(), fast.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), name
 
 
 def test_the_contractive_penalty_is_refused_by_the_fast_step_and_trains_alone(data):

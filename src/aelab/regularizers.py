@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aelab.config import TrainConfig
 from aelab.errors import ConfigError
 from aelab.nn.activations import ACTIVATIONS
 
@@ -333,12 +334,13 @@ class Regularization:
     contractive: float = 0.0
 
     @classmethod
-    def from_config(cls, train: object, code_activation: str | None = None) -> Regularization:
-        """From a TrainConfig; `code_activation` (the model's) is checked against the penalty."""
-        sparsity = parse_sparsity(train.sparsity)  # type: ignore[attr-defined]
+    def from_config(cls, train: TrainConfig, code_activation: str | None = None) -> Regularization:
+        """From a run's train section; `code_activation` (the model's) is checked against the
+        sparsity penalty's range."""
+        sparsity = parse_sparsity(train.sparsity)
         if code_activation is not None:
             check_code_activation(sparsity, code_activation)
-        return cls(parse_noise(train.noise), sparsity, float(train.contractive))  # type: ignore[attr-defined]
+        return cls(parse_noise(train.noise), sparsity, float(train.contractive))
 
     @property
     def active(self) -> bool:
