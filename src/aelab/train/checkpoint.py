@@ -122,7 +122,7 @@ def load_checkpoint(state: RunState, path: Path) -> None:
         state.order_generator.set_state(tensors["rng/order"])
         state.binarize_generator.set_state(tensors["rng/binarize"].to(state.binarize_generator.device))
         if state.regularization.noise is not None:
-            state.noise_generator.set_state(tensors["rng/noise"].to(state.noise_generator.device))
+            state.noise_generator.set_state(tensors["rng/noise"])  # a CPU byte tensor, as every generator takes
         trainer = json.loads(metadata["trainer"])
         epoch = int(metadata["epoch"])
         history = trainer["history"]
