@@ -367,3 +367,20 @@ def test_every_option_at_once_trains_a_conv_model_through_autograd(data, loss):
     plain = RunState(config.replace(train={"noise": "none", "sparsity": "none", "contractive": 0.0}), data)
     assert torch.isfinite(torch.tensor(loss_value)) and loss_value != float(make_step([plain])(images)[0])
     assert all(not torch.equal(a, b) for a, b in zip(before, state.model.parameters(), strict=True))
+
+
+def test_a_noise_kind_registered_from_outside_trains_on_both_engines(data, monkeypatch):
+    from aelab.regularizers import Noise
+
+    def invert(images, level, high, generator):
+        flip = torch.rand(images.shape, generator=generator, device=images.device) < level
+        return torch.where(flip, high - images, images)
+
+    monkeypatch.setitem(NOISES, "invert", Noise("invert", invert, "the share of pixels inverted", (0, 1, True)))
+    config = BASE.replace(train={"noise": "invert:0.25"})
+    reference = RunState(config.replace(train={"engine": "autograd"}), data)
+    fast = RunState(config, data)
+    images = fast.batch(torch.arange(32))[None]
+    step = make_step([fast])
+    assert isinstance(step, FastStep)
+    assert float(step(images)[0]) == pytest.approx(float(make_step([reference])(images)[0]), rel=1e-5)
