@@ -61,6 +61,9 @@ OTHER: dict[str, object] = {
     "train.device": "cpu",
     "train.threads": 2,
     "train.engine": "autograd",
+    "train.noise": "mask:0.3",
+    "train.sparsity": "l1:0.01",
+    "train.contractive": 0.1,
 }
 # Fields whose other value needs a companion to validate (threshold needs binarize threshold,
 # momentum an optimizer that has one).

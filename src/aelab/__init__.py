@@ -9,6 +9,7 @@ The public API is what this module exports (`__all__`); everything else may chan
 - data: `load_dataset`, `ImageData`, `DATASETS`;
 - models and likelihoods: `build_model`, `MODELS`, `INITS`, `ACTIVATIONS`, `LIKELIHOODS`, `Likelihood`;
 - training: `train`, `resume`, `train_ensemble`, `TrainResult`, `RunState`, `OPTIMIZERS`;
+- regularisation (denoising, sparse, contractive): `NOISES`, `PENALTIES`;
 - outputs: `Callback`, `Logger`, `LOGGERS`;
 - evaluation: `evaluate`, `Validation`, `evaluate_run`;
 - run folders, the doctor, sweeps and reports: `load_run`, `Run`, `Doctor`, `check`,
@@ -26,6 +27,7 @@ from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import INITS, MODELS, build_model
+from aelab.regularizers import NOISES, PENALTIES
 from aelab.report import render_report
 from aelab.runs import Run, load_run
 from aelab.sweep import SweepSpec, run_sweep
@@ -42,7 +44,9 @@ __all__ = [
     "LOSSES",
     "LOSS_FLOORS",
     "MODELS",
+    "NOISES",
     "OPTIMIZERS",
+    "PENALTIES",
     "AelabError",
     "Callback",
     "ConfigError",

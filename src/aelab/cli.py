@@ -71,6 +71,19 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
         "machine, but the weights then depend on that load). A resume reuses the run's count",
     ),
     ("train", "engine", "auto, autograd or fast (hand-written dense step)"),
+    (
+        "train",
+        "noise",
+        "denoising: corrupt the inputs (not the targets), fresh each step: gaussian:SIGMA, mask:SHARE "
+        "or salt_pepper:SHARE, e.g. gaussian:0.5 (clipped to the data's range); none (default)",
+    ),
+    (
+        "train",
+        "sparsity",
+        "sparse code: l1 (weight 1e-4), l1:WEIGHT, kl:RHO (sigmoid codes, weight 1e-2) or kl:RHO:WEIGHT; "
+        "none (default)",
+    ),
+    ("train", "contractive", "contractive: weight of the encoder Jacobian's squared Frobenius norm (0: off)"),
 ]
 # (flag, section, key, help) for every option of a RunConfig. Every value is parsed by
 # `aelab.config.parse_field`, as grid values are.
@@ -136,6 +149,9 @@ METAVARS = {
     "--device": "DEVICE",
     "--threads": "N",
     "--engine": "ENGINE",
+    "--noise": "KIND:LEVEL",
+    "--sparsity": "KIND[:...]",
+    "--contractive": "WEIGHT",
 }
 # --help's words for run options whose config default is None.
 NONE_DEFAULTS = {

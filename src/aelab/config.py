@@ -173,6 +173,12 @@ class TrainConfig:
         means "auto". A run records the count it used and a resume reuses it.
     engine: "auto" (the hand-written dense step where it applies, else autograd), "autograd"
         or "fast" (the hand-written step; an error for models it cannot train).
+    noise: input corruption for a denoising autoencoder, "none" or "KIND:LEVEL"
+        ("gaussian:0.5", "mask:0.3", "salt_pepper:0.1"; `aelab.regularizers.NOISES`).
+    sparsity: a sparsity penalty on the code, "none", "l1[:WEIGHT]" or "kl:RHO[:WEIGHT]"
+        (`aelab.regularizers.PENALTIES`).
+    contractive: the weight of the contractive penalty (the encoder Jacobian's squared
+        Frobenius norm); 0 is off.
     """
 
     loss: str = "bce"
@@ -187,9 +193,13 @@ class TrainConfig:
     device: str = "auto"
     threads: int | str | None = "auto"
     engine: str = "auto"
+    noise: str = "none"
+    sparsity: str = "none"
+    contractive: float = 0.0
 
     def __post_init__(self) -> None:
         _check_finite(self, "train")
+        _check(self.contractive >= 0, f"train.contractive must be non-negative, got {self.contractive}")
         _check(self.learning_rate > 0, f"train.learning_rate must be positive, got {self.learning_rate}")
         _check(0.0 <= self.momentum < 1.0, f"train.momentum must be in [0, 1), got {self.momentum}")
         _check(

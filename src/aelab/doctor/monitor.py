@@ -20,6 +20,7 @@ from aelab.errors import SetupFindingsError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.likelihoods import get_likelihood
+from aelab.regularizers import Regularization
 from aelab.train import TrainResult
 from aelab.train.state import RunState
 
@@ -574,6 +575,7 @@ def config_setup(
         pixels=pixels,
         setting=setting,
         raw_divisor=255.0 if kept_raw else None,
+        constrained=Regularization.from_config(config.train).active,
     )
 
 

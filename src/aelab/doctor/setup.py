@@ -44,6 +44,8 @@ class Setup:
         for a model aelab did not build, whose fixes then name no aelab setting.
     raw_divisor: what data.scale "auto" would divide these pixels by (255 for 8-bit images),
         when data.scale "none" kept them raw; None otherwise.
+    constrained: the run trains with a constraint that stops a wide code from copying its input
+        (input noise, a sparsity or contractive penalty: `aelab.regularizers`).
     """
 
     loss: str
@@ -55,6 +57,7 @@ class Setup:
     pixels: torch.Tensor | None = None
     setting: Setting | None = config_setting
     raw_divisor: float | None = None
+    constrained: bool = False
 
 
 def _reads_probabilities(loss: str) -> bool:
@@ -292,8 +295,9 @@ def check_bce_floor(setup: Setup) -> list[Finding]:
 
 
 def check_code_width(setup: Setup) -> list[Finding]:
-    """A code at least as wide as the input can learn the identity."""
-    if setup.code_width is None or setup.code_width < setup.input_width:
+    """A code at least as wide as the input can learn the identity, unless a constraint (input
+    noise, a sparsity or contractive penalty) keeps it from doing so."""
+    if setup.code_width is None or setup.code_width < setup.input_width or setup.constrained:
         return []
     return [
         Finding(
@@ -308,7 +312,10 @@ def check_code_width(setup: Setup) -> list[Finding]:
             ),
             fix=f"make the code narrower than {setup.input_width} values"
             + (
-                f" ({setup.setting('model.latent_dim', None)})"
+                f" ({setup.setting('model.latent_dim', None)}), or add a constraint: denoising input noise "
+                f"({setup.setting('train.noise', 'gaussian:0.5')}), a sparsity penalty "
+                f"({setup.setting('train.sparsity', 'l1')}) or a contractive one "
+                f"({setup.setting('train.contractive', '0.1')})"
                 if setup.setting is not None
                 else ", or add a constraint (denoising input noise, a sparsity penalty)"
             ),

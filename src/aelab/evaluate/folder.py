@@ -26,9 +26,11 @@ from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
+from aelab.evaluate.regularized import denoising_metrics, reconstruct_noisy
 from aelab.evaluate.validation import Validation, evaluate, model_forward, reconstruct
 from aelab.findings import Finding, read_findings
-from aelab.likelihoods import LIKELIHOODS, get_likelihood
+from aelab.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
+from aelab.regularizers import parse_noise
 from aelab.runs import load_config, load_run, model_digest, read_metrics, read_status
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,8 @@ class Evaluation:
     error: str | None = None
     sample_targets: torch.Tensor | None = None  # (SAMPLE_COUNT, C, H, W)
     sample_pixels: torch.Tensor | None = None  # (SAMPLE_COUNT, C, H, W), same images
+    sample_noisy: torch.Tensor | None = None  # a denoising run's corrupted copies of the same images
+    sample_denoised: torch.Tensor | None = None  # and its reconstructions from them
     histogram: np.ndarray | None = None  # (HISTOGRAM_BINS,) share of output pixels per bin
     data_histogram: np.ndarray | None = None  # (HISTOGRAM_BINS,) share of target pixels per bin
     histogram_edges: np.ndarray | None = None  # (HISTOGRAM_BINS + 1,)
@@ -225,6 +229,7 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
     index = _sample_indices(data, SAMPLE_COUNT)
     evaluation.sample_targets = targets[index].cpu()
     evaluation.sample_pixels = pixels[index].cpu()
+    _denoising(evaluation, model, likelihood, validation, saved)
     top = max(1.0, validation.data_range)
     edges = np.linspace(0.0, top, HISTOGRAM_BINS + 1)
     evaluation.histogram_edges = edges
@@ -235,6 +240,28 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
     if data.val_labels is not None:
         evaluation.code_labels = data.val_labels[: shown.shape[0]].numpy()
     return evaluation
+
+
+def _denoising(
+    evaluation: Evaluation,
+    model: torch.nn.Module,
+    likelihood: Likelihood,
+    validation: Validation,
+    saved: dict[str, float] | None,
+) -> None:
+    """A denoising run's scores on corrupted validation inputs (as training measured them,
+    else measured here) and its sample of noisy inputs and their reconstructions."""
+    config = evaluation.config
+    noise = parse_noise(config.train.noise) if config is not None else None
+    if noise is None or evaluation.sample_targets is None:
+        return
+    seed = config.train.seed + 4  # as training scored it (aelab.train.state.NOISY_VALIDATION_SEED_OFFSET)
+    if saved is None or "val_noisy_mse" not in saved:
+        measured = denoising_metrics(model, likelihood, validation, noise, seed)
+        evaluation.metrics.update({key.removeprefix("val_"): value for key, value in measured.items()})
+    evaluation.sample_noisy, evaluation.sample_denoised = reconstruct_noisy(
+        model, likelihood, evaluation.sample_targets, noise, seed, validation.data_range
+    )
 
 
 def _saved_row(

@@ -104,6 +104,37 @@ def figure_reconstructions(evaluations: Sequence[Evaluation], labels: Sequence[s
     return _figure_png(figure)
 
 
+def figure_denoising(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> str | None:
+    """For each denoising run: its noisy inputs, its reconstructions from them and the
+    originals, one row each, on the same validation images; None without denoising runs."""
+    runs = [(e, label) for e, label in zip(evaluations, labels, strict=True) if e.sample_noisy is not None]
+    if not runs:
+        return None
+    rows: list[tuple[str, np.ndarray]] = []
+    for evaluation, label in runs:
+        noisy, clean = evaluation.metrics.get("noisy_mse", math.nan), evaluation.metrics.get("mse", math.nan)
+        rows.append((f"{label}\nnoisy input", _image_array(evaluation.sample_noisy)))
+        scores = f"reconstruction\nMSE {noisy:.4f}\n(clean inputs {clean:.4f})"
+        rows.append((scores, _image_array(evaluation.sample_denoised)))
+        rows.append(("original", _image_array(evaluation.sample_targets)))
+    count = rows[0][1].shape[0]
+    top = max(1.0, max(float(e.sample_targets.max()) for e, _ in runs))  # type: ignore[union-attr]
+    margin = 0.3 + 0.085 * max(len(line) for label, _ in rows for line in label.splitlines())
+    width = 0.8 * count + margin
+    figure, axes = _subplots(len(rows), count, (width, 0.84 * len(rows) + 0.2))
+    for row, (label, images) in enumerate(rows):
+        for column in range(count):
+            axis = axes[row][column]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.imshow(images[column], cmap="gray", vmin=0, vmax=top, interpolation="nearest")
+            for spine in axis.spines.values():
+                spine.set_visible(False)
+        axes[row][0].set_ylabel(label, rotation=0, ha="right", va="center", multialignment="right", fontsize=9)
+    figure.subplots_adjust(left=(margin - 0.1) / width, right=0.99, top=0.99, bottom=0.01, wspace=0.04, hspace=0.08)
+    return _figure_png(figure)
+
+
 def figure_training(evaluations: Sequence[Evaluation], labels: Sequence[str], colours: Sequence[Any]) -> str | None:
     """Left: validation MSE by epoch for every run (equal footing); right: blob score by epoch."""
     if not any(e.history for e in evaluations):

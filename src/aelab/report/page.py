@@ -23,6 +23,7 @@ from aelab.evaluate import Evaluation, evaluate_runs
 from aelab.report.figures import (
     _run_colours,
     figure_codes,
+    figure_denoising,
     figure_histograms,
     figure_loss_shapes,
     figure_losses,
@@ -142,6 +143,7 @@ def render_report(
         "settings": _shared_settings(evaluations, spec),
         "figures": {
             "reconstructions": figure_reconstructions(evaluations, labels),
+            "denoising": figure_denoising(evaluations, labels),
             "training": figure_training(evaluations, labels, colours),
             "losses": figure_losses(evaluations, labels),
             "loss_shapes": figure_loss_shapes(),

@@ -32,6 +32,7 @@ import torch
 from aelab.likelihoods import Head, cb_log_normalizer_and_gradient, get_likelihood
 from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import Autoencoder, DenseAutoencoder
+from aelab.regularizers import SparsitySpec
 
 # Each activation's gradient and in-place forms are its record's (`aelab.nn.activations.Activation`).
 ACTIVATION_GRADIENTS = {name: record.gradient for name, record in ACTIVATIONS.items() if record.gradient is not None}
@@ -204,6 +205,10 @@ class DenseStep:
         slice [m] is (or is a view of the storage of) member m's parameter. None for M = 1:
         the model's own parameters, viewed with a leading axis of one.
 
+    sparsity: each member's sparsity penalty on the code (`aelab.regularizers.SparsitySpec`) or
+        None; None for none at all. Its gradient is added where the backward pass reaches the
+        code, and its value to the member's loss.
+
     `gradients(x)` writes every member's gradient into `weight_grads` / `bias_grads` (stacked
     like the weights) and returns the members' losses (M,), without synchronising.
     """
@@ -213,6 +218,7 @@ class DenseStep:
         models: Sequence[DenseAutoencoder],
         losses: Sequence[str],
         stacked: Sequence[torch.Tensor] | None = None,
+        sparsity: Sequence[SparsitySpec | None] | None = None,
     ) -> None:
         if len(models) != len(losses) or not models:
             raise ValueError("DenseStep needs one loss per model and at least one model")
@@ -250,6 +256,11 @@ class DenseStep:
             )
             written.add(id(stacked_weight))
         self.layers.reverse()
+        self.code_index = len(models[0].encoder) - 1  # the layer whose output is the code
+        sparsity = list(sparsity) if sparsity is not None else [None] * self.members
+        if len(sparsity) != self.members:
+            raise ValueError("DenseStep needs one sparsity entry per model")
+        self.sparsity = [(m, spec) for m, spec in enumerate(sparsity) if spec is not None]
         keys = [(model.config.output_activation, loss) for model, loss in zip(models, losses, strict=True)]
         self.heads: list[tuple[int, int, Head]] = []
         for start, end, key in _runs(keys):
@@ -288,10 +299,11 @@ class DenseStep:
             else:
                 g.copy_(record.gradient(g, out, z[start:end]))  # type: ignore[misc]
 
-    def gradients(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (M, B, D) inputs, which are also the targets. Returns the losses (M,)."""
+    def gradients(self, x: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (M, B, D) the targets, and the inputs unless `inputs` (M, B, D) gives others (a
+        denoising run's corrupted images). Returns the losses (M,)."""
         saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        hidden = x
+        hidden = x if inputs is None else inputs
         for layer in self.layers:
             weight_t = layer.weight if layer.transposed else layer.weight.transpose(1, 2)
             z = torch.baddbmm(layer.bias.unsqueeze(1), hidden, weight_t)  # (M, B, out)
@@ -305,6 +317,11 @@ class DenseStep:
             losses = torch.empty(self.members, dtype=x.dtype, device=x.device)
             for start, end, head in self.heads:
                 losses[start:end] = head(grad[start:end], x[start:end])
+        code = saved[self.code_index][2] if self.sparsity else None  # (M, B, K), intact until its backward
+        if code is not None:
+            losses = losses.clone()
+            for m, spec in self.sparsity:
+                losses[m] += spec.value(code[m])
         for index in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[index]
             inputs = saved[index][0]
@@ -319,6 +336,9 @@ class DenseStep:
                 below = self.layers[index - 1]
                 weight = layer.weight.transpose(1, 2) if layer.transposed else layer.weight
                 grad = torch.bmm(grad, weight)  # dL/da of the layer below
+                if code is not None and index - 1 == self.code_index:
+                    for m, spec in self.sparsity:  # the penalty's own gradient at the code
+                        grad[m] += spec.gradient(code[m])
                 _, z_below, a_below = saved[index - 1]
                 self._activation_gradient(below.activations, grad, z_below, a_below)
         return losses

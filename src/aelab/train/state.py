@@ -22,6 +22,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model
+from aelab.regularizers import Regularization
 from aelab.runs import FolderWriter, atomic_write_bytes
 from aelab.train.divergence import DivergenceGuard
 from aelab.train.fast import fast_optimizer
@@ -67,6 +68,13 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
         )
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+    Regularization.from_config(config.train, config.model.code_activation or config.model.activation)
+
+
+# Seeds a run derives from train.seed: init (seed), data order (+0), binarisation (+1), binarised
+# validation targets (+2), input noise (+3), the corrupted validation inputs (+4).
+NOISE_SEED_OFFSET = 3
+NOISY_VALIDATION_SEED_OFFSET = 4
 
 
 class RunState:
@@ -103,6 +111,12 @@ class RunState:
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
         self.train_images = data.train.to(self.device)
         self.validation = validation or Validation.build(data, config.data, seed + 2, self.device)
+        # Denoising, sparse and contractive training (`aelab.regularizers`); the noise is drawn
+        # from a generator of the run's own, saved in its checkpoints when the run uses it.
+        self.regularization = Regularization.from_config(
+            config.train, config.model.code_activation or config.model.activation
+        )
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(seed + NOISE_SEED_OFFSET)
         self.guard = DivergenceGuard(config.train.learning_rate, self.steps_per_epoch)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -158,6 +172,30 @@ class RunState:
             self.binarize_generator,
         )
 
+    def corrupt(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's inputs for training images (..., C, H, W): a fresh corruption from the
+        run's noise generator for a denoising run (the images, the targets, stay as they were),
+        else the images themselves."""
+        noise = self.regularization.noise
+        if noise is None:
+            return images
+        return noise.corrupt(images, self.validation.data_range, self.noise_generator)
+
+    def regularization_metrics(self) -> dict[str, float]:
+        """What a regularised run adds to each epoch's row (`aelab.evaluate.regularized`): the
+        scores on noisy validation inputs for a denoising run, the code's activity for any."""
+        from aelab.evaluate.regularized import code_metrics, denoising_metrics
+
+        if not self.regularization.active:
+            return {}
+        metrics = {}
+        noise = self.regularization.noise
+        if noise is not None:
+            seed = self.config.train.seed + NOISY_VALIDATION_SEED_OFFSET
+            metrics.update(denoising_metrics(self.model, self.likelihood, self.validation, noise, seed))
+        metrics.update(code_metrics(self.model, self.validation))
+        return metrics
+
     def record_epoch(self, train_loss: float, train_seconds: float) -> dict[str, Any]:
         """Evaluate the epoch just trained, append its metrics row to the history and track the
         best epoch. Every epoch records the cheap validation numbers (`aelab.evaluate.CHEAP_METRICS`:
@@ -176,6 +214,7 @@ class RunState:
             self.bad_epochs += 1
         if not full and self.should_stop:  # early stopping ends here: the last row is complete
             metrics = evaluate(self.model, self.likelihood, self.validation, full=True)
+        metrics = {**metrics, **self.regularization_metrics()}
         row: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss, **metrics}
         row["seconds"] = round(train_seconds + time.perf_counter() - started, 4)
         self.history.append(row)

@@ -64,6 +64,9 @@ FAST_STEP: dict[str, str] = {
     "train.device": "input",
     "train.threads": "input",
     "train.engine": "checked",  # autograd: never the fast step
+    "train.noise": "honoured",  # the inputs corrupted before the forward, the targets clean
+    "train.sparsity": "honoured",  # the penalty's gradient added at the code
+    "train.contractive": "refused",  # its gradient reaches every encoder weight: autograd
 }
 
 # How every config field meets stacking (`aelab.train.stacking.group_key`):
@@ -93,6 +96,9 @@ STACKING: dict[str, str] = {
     "train.device": "shared",
     "train.threads": "shared",
     "train.engine": "member",
+    "train.noise": "member",  # each member draws from its own noise generator
+    "train.sparsity": "member",
+    "train.contractive": "alone",  # the fast step refuses it
 }
 
 FAST_KINDS = ("dense",)  # the model kinds `DenseStep` trains
@@ -177,8 +183,15 @@ class AutogradStep:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         state = self.states[0]
         x = images[0]
-        output, logits = state.model.loss_input(state.model(x))
-        loss = state.likelihood.nll(output, x, logits=logits).mean()
+        inputs = state.corrupt(x)  # a denoising run's noisy copy; the targets stay x
+        if state.regularization.penalises_code:
+            logits, penalty = state.regularization.penalty(state.model, inputs)
+        else:
+            logits, penalty = state.model(inputs), None
+        output, from_logits = state.model.loss_input(logits)
+        loss = state.likelihood.nll(output, x, logits=from_logits).mean()
+        if penalty is not None:
+            loss = loss + penalty
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -196,7 +209,8 @@ class FastStep:
 
     def __init__(self, state: RunState) -> None:
         self.states = [state]
-        self.step = DenseStep([state.model], [state.config.train.loss])  # type: ignore[list-item]
+        sparsity = [state.regularization.sparsity]
+        self.step = DenseStep([state.model], [state.config.train.loss], sparsity=sparsity)  # type: ignore[list-item]
         params = dense_parameters(state.model)  # type: ignore[arg-type]
         self.grads = [(p, self.step.gradient(s)[0]) for p, s in zip(params, self.step.parameters, strict=True)]
 
@@ -204,7 +218,9 @@ class FastStep:
         for param, grad in self.grads:
             if param.grad is not grad:  # someone set it to None or replaced it
                 param.grad = grad
-        losses = self.step.gradients(images.reshape(1, images.shape[1], -1))  # writes the gradients into .grad
+        x = images.reshape(1, images.shape[1], -1)
+        inputs = None if self.states[0].regularization.noise is None else self.states[0].corrupt(x)
+        losses = self.step.gradients(x, inputs)  # writes the gradients into .grad
         optimizer_step(self.states[0].optimizer)  # the fused kernel without Optimizer.step's Python
         return losses
 
@@ -256,7 +272,9 @@ class StackedStep:
         for m, params in enumerate(per_member):
             for j, param in enumerate(params):
                 param.data = self.stacked[j][m]
-        self.step = DenseStep(models, [s.config.train.loss for s in states], self.stacked)
+        sparsity = [s.regularization.sparsity for s in states]
+        self.step = DenseStep(models, [s.config.train.loss for s in states], self.stacked, sparsity)
+        self.noisy = [m for m, s in enumerate(states) if s.regularization.noise is not None]
         self.per_member = per_member
         # One optimizer per run of members with equal settings, over slices of the stack.
         self.optimizers: list[tuple[int, int, torch.optim.Optimizer, list[torch.Tensor]]] = []
@@ -274,7 +292,12 @@ class StackedStep:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.reshape(images.shape[0], images.shape[1], -1).expand(len(self.states), -1, -1)  # (M, B, D)
-        losses = self.step.gradients(x)
+        inputs = None
+        if self.noisy:  # each denoising member corrupts its batch from its own generator
+            inputs = x.clone()
+            for m in self.noisy:
+                inputs[m] = self.states[m].corrupt(x[m])
+        losses = self.step.gradients(x, inputs)
         for _, _, optimizer, _ in self.optimizers:
             optimizer_step(optimizer)
         return losses
