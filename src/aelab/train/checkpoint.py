@@ -120,7 +120,7 @@ def load_checkpoint(state: RunState, path: Path) -> None:
                     )
         state.optimizer.load_state_dict({"state": moments, "param_groups": json.loads(metadata["param_groups"])})
         state.order_generator.set_state(tensors["rng/order"])
-        state.binarize_generator.set_state(tensors["rng/binarize"].to(state.binarize_generator.device))
+        state.binarize_generator.set_state(tensors["rng/binarize"])  # a CPU byte tensor, whatever the device
         if state.regularization.noise is not None:
             state.noise_generator.set_state(tensors["rng/noise"])  # a CPU byte tensor, as every generator takes
         trainer = json.loads(metadata["trainer"])
