@@ -56,6 +56,9 @@ def logistic(monkeypatch):
     return LOGISTIC
 
 
+BUILT_IN = "bce, mse, mae, cb, gaussian, gaussian-pixel, laplace, laplace-pixel, beta"  # the registry's names, in order
+
+
 def tiny(**train_options) -> RunConfig:
     config = RunConfig.from_dict(TINY)
     return config.replace(train={"loss": "logistic", **train_options})
@@ -94,7 +97,7 @@ def test_a_likelihood_registered_in_a_test_trains_evaluates_reports_and_prints(l
     assert float(words[1]) == pytest.approx(value, abs=6e-5)
     assert float(words[2]) == pytest.approx(2 * math.log(2.0), abs=6e-5)
     assert "the logistic's location" in line
-    assert "in nats for bce, cb and logistic" in out
+    assert "in nats for bce, cb, gaussian, gaussian-pixel, laplace, laplace-pixel, beta and logistic" in out
 
 
 def test_the_fast_step_trains_a_likelihood_without_a_fused_head_on_its_own_loss(logistic, tmp_path):
@@ -109,14 +112,14 @@ def test_the_fast_step_trains_a_likelihood_without_a_fused_head_on_its_own_loss(
 
 def test_a_registered_likelihood_joins_the_old_views_and_the_error_message(logistic):
     assert "logistic" in LOSSES and "logistic" in LOSS_FLOORS and "logistic" in aelab.LOSSES
-    with pytest.raises(ConfigError, match="valid: bce, mse, mae, cb, logistic"):
+    with pytest.raises(ConfigError, match=f"valid: {BUILT_IN}, logistic"):
         get_likelihood("hinge")
     target = torch.rand(3, 5)
     assert torch.equal(get_loss("logistic")(target, target, False), _logistic_from_pixels(target, target))
 
 
 def test_unregistered_after_the_test():
-    assert "logistic" not in LIKELIHOODS and list(LOSSES) == ["bce", "mse", "mae", "cb"]
+    assert "logistic" not in LIKELIHOODS and ", ".join(LOSSES) == BUILT_IN
 
 
 def test_a_likelihood_needing_two_values_per_pixel_is_refused_before_training(monkeypatch, tmp_path):
@@ -197,7 +200,7 @@ def test_records_floors_are_their_lowest_values():
     assert torch.allclose(LIKELIHOODS["cb"].lowest(target), best)
     for name, record in LIKELIHOODS.items():
         for _ in range(3):
-            logits = torch.randn(1, 3, dtype=torch.float64) * 3
+            logits = torch.randn(1, 3 * record.parameters_per_pixel, dtype=torch.float64) * 3
             assert (record.nll(logits, target, logits=True) >= record.lowest(target) - 1e-9).all(), name
 
 
@@ -243,7 +246,7 @@ def test_fused_heads_give_the_records_loss_and_its_gradient(name):
 
 
 def test_an_unknown_name_lists_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown loss 'hinge'; valid: bce, mse, mae, cb$"):
+    with pytest.raises(ConfigError, match=f"unknown loss 'hinge'; valid: {BUILT_IN}$"):
         get_likelihood("hinge")
 
 

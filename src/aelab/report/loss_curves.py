@@ -86,16 +86,17 @@ def loss_table(targets: Sequence[float], predictions: Sequence[float]) -> list[L
 def format_loss_table(targets: Sequence[float], predictions: Sequence[float]) -> str:
     """The calculator's printout: targets, predictions, and one line per loss."""
     lines = loss_table(targets, predictions)
+    width = max(5, *(len(line.loss) for line in lines))
     out = [
         "targets:     " + "  ".join(f"{t:g}" for t in targets),
         "predictions: " + "  ".join(f"{p:g}" for p in predictions),
         _units_text(),
         "",
-        f"{'loss':<5} {'value':>8} {'floor':>8} {'excess':>8}  minimal where",
+        f"{'loss':<{width}} {'value':>8} {'floor':>8} {'excess':>8}  minimal where",
     ]
     for line in lines:
         values = f"{_number(line.value):>8} {_number(line.floor):>8} {_number(line.excess):>8}"
-        out.append(f"{line.loss:<5} {values}  {line.minimal_at}")
+        out.append(f"{line.loss:<{width}} {values}  {line.minimal_at}")
     for line in lines:
         note = LIKELIHOODS[line.loss].floor_note
         if note is not None and math.isfinite(line.floor) and line.floor > 1e-12:
@@ -119,6 +120,7 @@ def _units_text() -> str:
     nats = [name for name, record in LIKELIHOODS.items() if record.unit == "nats"]
     parts = ["each loss is the mean over the elements" + (f", in nats for {_names_text(nats)}" if nats else "")]
     parts += [f"{name} reads a prediction as its mean" for name, record in LIKELIHOODS.items() if record.mean_words]
+    parts += [record.prediction_words for record in LIKELIHOODS.values() if record.prediction_words]
     return "(" + "; ".join(parts) + ")"
 
 
