@@ -66,7 +66,6 @@ from aelab.losses import (
     mae_from_pixels,
     mse_from_logits,
     mse_from_pixels,
-    no_floor,
     zero_floor,
 )
 
@@ -492,23 +491,23 @@ LAPLACE_PIXEL = Likelihood(
 BETA = Likelihood(
     name="beta",
     distribution=(
-        f"Beta with mean p and a learned concentration per pixel (alpha = p kappa, beta = (1 - p) kappa), "
+        f"Beta with mean p and a learned concentration kappa per pixel (alpha = p kappa, beta = (1 - p) kappa), "
         f"on targets squeezed into [{BETA_EDGE:g}, 1 - {BETA_EDGE:g}]"
     ),
     nll_from_logits=beta_from_logits,
     nll_from_pixels=beta_from_pixels,
     mean_from_logits=location_from_logits,
     mean_from_pixels=location_from_pixels,
-    floor=no_floor,
+    floor=None,  # it sits at the concentration's upper bound and depends on the target: not computed
     nll_from_mean=beta_at_best_concentration,
     support="unit",
     parameters_per_pixel=2,
     needs_unit_targets=True,
     minimum_text=_same_minimum(
-        "prediction = target with the concentration growing without bound: a density, so the NLL goes "
-        "below zero with no floor (-inf)"
+        "prediction = target with the concentration at its upper bound e^9: a density, so the NLL goes "
+        "below zero (no floor computed)"
     ),
-    prediction_words="beta scores a prediction at its best concentration (searched over 1e-2..1e6)",
+    prediction_words="beta scores a prediction at its best concentration, searched within its bounds",
     unit="nats",
 )
 
