@@ -33,11 +33,16 @@ def main() -> None:
     base = RunConfig.from_dict({"train": {"epochs": args.epochs, "threads": args.threads, "device": "cpu"}})
     data = load_dataset(base.data)
     pixels = math.prod(data.image_shape)
-    print(f"{base.model.hidden_dims} -> {base.model.latent_dim}, {base.model.activation}, {base.data.name}, ")
-    print(f"{args.epochs} epochs, Adam lr {base.train.learning_rate}, batch {base.train.batch_size}, seed 0\n")
-    columns = ["loss", "distribution", "val MSE of the mean", "val NLL, nats per image", "learned sigma / scale"]
-    print("| " + " | ".join([*columns, "engine", "time"]) + " |")
-    print("|---|---|---|---|---|---|---|")
+    sizes = "-".join(str(size) for size in (pixels, *base.model.hidden_dims, base.model.latent_dim))
+    print(
+        f"{sizes} {base.model.activation} autoencoder, {base.model.output_activation} output, {base.data.name}, "
+        f"{args.epochs} epochs, Adam lr {base.train.learning_rate}, batch {base.train.batch_size}, seed 0, "
+        f"{args.threads} thread(s)\n"
+    )
+    columns = ["loss", "distribution", "val MSE of the mean", "val NLL, nats per image", "blob score"]
+    columns += ["learned shared sigma / scale", "engine", "time"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for name in args.loss:
         record = LIKELIHOODS[name]
         config = base.replace(train={"loss": name})
@@ -54,8 +59,8 @@ def main() -> None:
             scale = f"{learned:.4f} (closed form {closed:.4f})"
         engine = choose_engine(config, result.model)
         print(
-            f"| {name} | {SUPPORT_WORDS[record.support]} | {last['val_mse']:.5f} | {nats:.1f} | {scale} | "
-            f"{engine} | {seconds:.0f} s |",
+            f"| {name} | {SUPPORT_WORDS[record.support]} | {last['val_mse']:.4f} | {nats:.1f} | "
+            f"{last['val_blob_score']:.2f} | {scale} | {engine} | {seconds:.0f} s |",
             flush=True,
         )
 

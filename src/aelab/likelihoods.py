@@ -1,8 +1,8 @@
 """Likelihoods: what a reconstruction loss is, one record per loss, in one registry.
 
 Every reconstruction loss aelab trains with is a negative log-likelihood of the targets under
-a distribution whose parameter the decoder outputs, one parameter per pixel, up to a constant
-per pixel:
+a distribution whose parameters the decoder outputs. Four have one parameter per pixel and are
+exact up to a constant per pixel:
 
     bce  Bernoulli with mean p: exact for binary targets (for grey ones, a cross-entropy)
     mse  Gaussian with mean p and fixed sigma = 1/sqrt(2):  (x - p)^2 + log(pi) / 2
@@ -10,6 +10,17 @@ per pixel:
     cb   continuous Bernoulli with parameter lambda (Loaiza-Ganem & Cunningham, "The
          continuous Bernoulli: fixing a pervasive error in variational autoencoders",
          NeurIPS 2019): an exact density on [0, 1]
+
+and five with a second parameter per pixel, exact densities in nats (nothing left out):
+
+    gaussian        Gaussian with mean p and one learned sigma, a parameter of the model (Rybkin,
+                    Daniilidis & Levine, "Simple and effective VAE training with calibrated
+                    decoders", ICML 2021)
+    gaussian-pixel  Gaussian with mean p and a sigma per pixel from the decoder (the same paper)
+    laplace         Laplace with location p and one learned scale
+    laplace-pixel   Laplace with location p and a scale per pixel from the decoder
+    beta            Beta with mean p and a concentration per pixel from the decoder, on targets
+                    squeezed into [1e-4, 1 - 1e-4]
 
 `Likelihood.nll` reports the value aelab has always reported (the Keras-comparable mean over
 pixels, `aelab.losses._per_sample_mean`, shape (B,)); `density_constant` is the constant per
@@ -39,7 +50,10 @@ from aelab.errors import ConfigError
 from aelab.losses import (
     _SERIES_BELOW,
     BETA_EDGE,
+    BETA_MEAN_EDGE,
     HALF_LOG_TWO_PI,
+    LOG_CONCENTRATION_MAX,
+    LOG_CONCENTRATION_MIN,
     LOG_SCALE_MIN,
     _clipped_logits,
     bce_floor,
@@ -509,6 +523,10 @@ BETA = Likelihood(
     ),
     prediction_words="beta scores a prediction at its best concentration, searched within its bounds",
     unit="nats",
+    javascript=(
+        f"{{nll: (t, p) => M.betaAtBest(p, t, {LOG_CONCENTRATION_MIN!r}, {LOG_CONCENTRATION_MAX!r}, {BETA_EDGE!r}, "
+        f"{BETA_MEAN_EDGE!r}), floor: (t) => NaN, minimiser: (t) => t}}"
+    ),
 )
 
 LIKELIHOODS: dict[str, Likelihood] = {

@@ -32,6 +32,7 @@ from aelab.likelihoods import LIKELIHOODS, get_likelihood, probability_text
 CURVE_TARGETS = (0.0, 0.3, 0.5, 0.8, 1.0)
 PREDICTION_EDGE = 1e-3  # curves are drawn for predictions in [edge, 1 - edge]
 PLOT_FORMATS = ("png", "svg", "pdf")  # what a file name may end in; the suffix picks the format
+PANELS_PER_ROW = 5  # the figure wraps onto more rows beyond this many losses
 
 
 def elementwise_loss(name: str, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -163,8 +164,13 @@ def plot_loss_curves(
 
     grid = prediction_grid()
     names = list(LIKELIHOODS)
-    figure = Figure(figsize=(3.3 * len(names), 3.3))
-    axes = figure.subplots(1, len(names), sharex=True, squeeze=False)[0]
+    columns = min(len(names), PANELS_PER_ROW)
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(3.3 * columns, 3.3 * rows + 0.4))
+    grid_axes = figure.subplots(rows, columns, sharex=True, squeeze=False).flatten()
+    for spare in grid_axes[len(names) :]:
+        spare.set_visible(False)
+    axes = grid_axes[: len(names)]
     colours = matplotlib.colormaps["viridis"]
     for axis, name in zip(axes, names, strict=True):
         for index, target in enumerate(targets):
@@ -181,10 +187,11 @@ def plot_loss_curves(
         axis.set_ylim(bottom=0)
         axis.set_ylim(top=min(axis.get_ylim()[1], 4.0))
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("loss - its minimum")
+    for axis in axes[::columns]:
+        axis.set_ylabel("loss - its minimum")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.08 / rows, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format=image_format, dpi=100)
     data = buffer.getvalue()
