@@ -132,7 +132,7 @@ def test_a_likelihood_needing_two_values_per_pixel_gets_them_from_the_models(mon
     assert result.model.output_values == 2 and math.isfinite(result.history[-1]["val_loss"])
     monkeypatch.setitem(MODELS, "plain", lambda config, shape: DenseAutoencoder(config, shape))
     with pytest.raises(
-        ConfigError, match=r"model\.kind plain outputs one value per pixel, and train\.loss gaussian2 needs 2"
+        ConfigError, match=r"model\.kind: plain outputs one value per pixel, and train\.loss: gaussian2 needs 2"
     ):
         train(tiny(loss="gaussian2").replace(model={"kind": "plain"}), tmp_path / "other", progress=False)
     assert not (tmp_path / "other").exists()

@@ -219,13 +219,18 @@ def check_model_fits_loss(config: ModelConfig, loss: str) -> None:
         return
     if "output_values" not in inspect.signature(MODELS[config.kind]).parameters:
         raise ConfigError(
-            f"model.kind {config.kind} outputs one value per pixel, and train.loss {loss} needs {values}: "
-            "give its builder an output_values keyword, or choose another loss"
+            template="{model.kind:{kind}} outputs one value per pixel, and {train.loss:{loss}} needs {values}: "
+            "give its builder an output_values keyword, or choose another loss",
+            kind=config.kind,
+            loss=loss,
+            values=values,
         )
     if config.tied:
         raise ConfigError(
-            f"model.tied reuses the encoder's first layer, which cannot decode {values} values per pixel "
-            f"(train.loss {loss}); drop model.tied or use a train.loss with one decoded parameter per pixel"
+            template="{model.tied} reuses the encoder's first layer, which cannot decode {values} values per pixel "
+            "({train.loss:{loss}}); drop {model.tied} or use a loss with one decoded parameter per pixel",
+            loss=loss,
+            values=values,
         )
 
 
