@@ -85,6 +85,8 @@ def assert_same_run(left, right):
         ({"train": {"patience": 1, "epochs": 6, "learning_rate": 0.5}}, 1),  # early-stopping state
         ({"model": {"kind": "conv", "hidden_dims": [2, 4], "latent_dim": 3}, "train": {"loss": "cb"}}, 2),
         ({"model": {"hidden_dims": [8], "tied": True}, "train": {"weight_decay": 0.01}}, 0),
+        ({"train": {"loss": "gaussian"}}, 2),  # a learned shared sigma and its Adam moments
+        ({"model": {"kind": "conv", "hidden_dims": [2, 4], "latent_dim": 3}, "train": {"loss": "beta"}}, 1),
     ],
 )
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, sections, stop_after):

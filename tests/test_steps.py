@@ -125,7 +125,10 @@ def test_the_fast_step_computes_what_autograd_computes_for_every_honoured_field(
 
 def test_checked_fields_refuse_what_the_fast_step_cannot_do(monkeypatch):
     checked = {key for key, role in FAST_STEP.items() if role == "checked"}
-    assert checked == {"model.kind", "model.activation", "model.code_activation", "train.engine"}
+    assert checked == {"model.kind", "model.activation", "model.code_activation", "train.engine", "train.loss"}
+    assert "no head for train.loss gaussian-pixel" in config_step_problem(
+        with_values(BASE, {"train.loss": "gaussian-pixel"})
+    )
     assert "dense models only" in config_step_problem(changed(BASE, "model.kind"))
     assert config_step_problem(changed(BASE, "train.engine")) == "train.engine is autograd"
     record = dataclasses.replace(ACTIVATIONS["relu"], name="no_gradient", gradient=None)

@@ -53,7 +53,12 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
     ("model", "code_activation", "activation of the code layer (default: --activation)"),
     ("model", "output_activation", "output activation, softmax allowed"),
     ("model", "init", "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default"),
-    ("train", "loss", "bce, mse, mae or cb"),
+    (
+        "train",
+        "loss",
+        "the likelihood: bce, mse, mae, cb; with a learned scale gaussian, gaussian-pixel, laplace, "
+        "laplace-pixel; or beta (see aelab loss)",
+    ),
     ("train", "optimizer", "adam, sgd, rmsprop, adadelta or adagrad"),
     ("train", "learning_rate", "learning rate"),
     ("train", "momentum", "momentum for sgd and rmsprop; the other optimizers have none"),

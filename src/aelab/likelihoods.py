@@ -1,8 +1,8 @@
 """Likelihoods: what a reconstruction loss is, one record per loss, in one registry.
 
 Every reconstruction loss aelab trains with is a negative log-likelihood of the targets under
-a distribution whose parameter the decoder outputs, one parameter per pixel, up to a constant
-per pixel:
+a distribution whose parameters the decoder outputs. Four have one parameter per pixel and are
+exact up to a constant per pixel:
 
     bce  Bernoulli with mean p: exact for binary targets (for grey ones, a cross-entropy)
     mse  Gaussian with mean p and fixed sigma = 1/sqrt(2):  (x - p)^2 + log(pi) / 2
@@ -10,6 +10,17 @@ per pixel:
     cb   continuous Bernoulli with parameter lambda (Loaiza-Ganem & Cunningham, "The
          continuous Bernoulli: fixing a pervasive error in variational autoencoders",
          NeurIPS 2019): an exact density on [0, 1]
+
+and five with a second parameter per pixel, exact densities in nats (nothing left out):
+
+    gaussian        Gaussian with mean p and one learned sigma, a parameter of the model (Rybkin,
+                    Daniilidis & Levine, "Simple and effective VAE training with calibrated
+                    decoders", ICML 2021)
+    gaussian-pixel  Gaussian with mean p and a sigma per pixel from the decoder (the same paper)
+    laplace         Laplace with location p and one learned scale
+    laplace-pixel   Laplace with location p and a scale per pixel from the decoder
+    beta            Beta with mean p and a concentration per pixel from the decoder, on targets
+                    squeezed into [1e-4, 1 - 1e-4]
 
 `Likelihood.nll` reports the value aelab has always reported (the Keras-comparable mean over
 pixels, `aelab.losses._per_sample_mean`, shape (B,)); `density_constant` is the constant per
@@ -38,15 +49,33 @@ import torch
 from aelab.errors import ConfigError
 from aelab.losses import (
     _SERIES_BELOW,
+    BETA_EDGE,
+    BETA_MEAN_EDGE,
+    HALF_LOG_TWO_PI,
+    LOG_CONCENTRATION_MAX,
+    LOG_CONCENTRATION_MIN,
+    LOG_SCALE_MIN,
     _clipped_logits,
     bce_floor,
     bce_from_logits,
     bce_from_pixels,
+    beta_at_best_concentration,
+    beta_from_logits,
+    beta_from_pixels,
     cb_floor,
     cb_from_logits,
     cb_from_pixels,
     cb_logits_for_mean,
     cb_mean,
+    constant_floor,
+    gaussian_at_best_scale,
+    gaussian_from_logits,
+    gaussian_from_pixels,
+    laplace_at_best_scale,
+    laplace_from_logits,
+    laplace_from_pixels,
+    location_from_logits,
+    location_from_pixels,
     mae_from_logits,
     mae_from_pixels,
     mse_from_logits,
@@ -96,12 +125,23 @@ class Likelihood:
         their mean.
     density_constant: nats per pixel to add to `nll` for the true negative log-density
         (log-mass for a binary support); reported numbers leave it out.
-    support: where the targets' density lives, one of SUPPORTS.
-    parameters_per_pixel: output values per pixel the decoder must produce (aelab's models make 1).
+    support: where the targets' density lives, one of SUPPORTS: "binary" a pmf on {0, 1}
+        (sums to one over 0 and 1; on grey targets no density at all), "unit" a density on
+        [0, 1], "real" a density on the real line. Bits per dimension are meaningful for the
+        last two.
+    parameters_per_pixel: the distribution's parameters per pixel, P. Its `nll` and `mean` read
+        an output (B, P*C, ...) for targets (B, C, ...), parameter-major: channels [0, C) the
+        location (the pixel mean, as logits or output activation values), then each further
+        parameter's C channels, unconstrained (`aelab.losses`).
+    shared_parameters: how many of those P are one learned value per model rather than
+        decoder outputs (a shared scale): the model holds them (`Autoencoder.likelihood_parameters`)
+        and `Autoencoder.loss_input` appends them to the decoder's P - shared groups.
     needs_unit_targets: whether targets (and predictions) must lie in [0, 1], as probabilities.
     fused_head: the fast step's fused loss-and-gradient for a sigmoid output (`Head`), or None:
         the fast step then takes the gradient of `nll_from_logits` by autograd.
     minimum_text: targets -> where the loss is minimal for them, in words (`aelab loss`).
+    prediction_words: how a bare pixel prediction is scored when the distribution needs more
+        than its mean (`aelab loss`, the doctor's mean-image baseline), else None.
     unit: "nats" when the reported value is a log-likelihood in nats, else None.
     mean_words: what a prediction is read as when it is not the parameter itself ("the cb
         mean"), else None.
@@ -126,9 +166,11 @@ class Likelihood:
     density_constant: float = 0.0
     support: str = "real"
     parameters_per_pixel: int = 1
+    shared_parameters: int = 0
     needs_unit_targets: bool = False
     fused_head: Head | None = None
     minimum_text: Callable[[Sequence[float]], str] = _AT_TARGET
+    prediction_words: str | None = None
     unit: str | None = None
     mean_words: str | None = None
     floor_note: str | None = None
@@ -140,6 +182,15 @@ class Likelihood:
             raise ValueError(f"likelihood {self.name!r}: support {self.support!r} is not one of {', '.join(SUPPORTS)}")
         if self.parameters_per_pixel < 1:
             raise ValueError(f"likelihood {self.name!r}: parameters_per_pixel must be at least 1")
+        if not 0 <= self.shared_parameters < self.parameters_per_pixel:
+            raise ValueError(f"likelihood {self.name!r}: shared_parameters must be in [0, parameters_per_pixel)")
+        if self.parameters_per_pixel > 1 and self.fused_head is not None:
+            raise ValueError(f"likelihood {self.name!r}: fused heads take one parameter per pixel")
+
+    @property
+    def decoded_parameters(self) -> int:
+        """Output values per pixel a decoder produces: P minus the shared ones."""
+        return self.parameters_per_pixel - self.shared_parameters
 
     def nll(self, output: torch.Tensor, target: torch.Tensor, *, logits: bool) -> torch.Tensor:
         """The loss per sample (B,), mean over pixels: `output` is the decoder's logits when
@@ -157,6 +208,22 @@ class Likelihood:
     def prediction_nll(self, mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The loss (B,) of predictions given as pixel means."""
         return (self.nll_from_mean or self.nll_from_pixels)(mean, target)
+
+    def pixel_nll(self, pixels: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss (B,) of a prediction given as output activation values, shaped like the
+        targets: `nll_from_pixels` for a one-parameter likelihood (its parameter is the pixel);
+        for one with more parameters, the prediction read as its mean at its best other
+        parameters (`prediction_nll`)."""
+        if self.parameters_per_pixel == 1:
+            return self.nll_from_pixels(pixels, target)
+        return self.prediction_nll(pixels, target)
+
+    def nats_per_image(self, output: torch.Tensor, target: torch.Tensor, *, logits: bool) -> torch.Tensor:
+        """The true negative log-likelihood per image (B,) in nats: `nll` (a mean over pixels)
+        plus `density_constant`, times the values per image. Bits per dimension on 8-bit data
+        dequantised to [0, 1] are this / (D log 2) + log2(256) for a "unit" or "real" support."""
+        values = target[0].numel() if target.shape[0] else 0
+        return (self.nll(output, target, logits=logits) + self.density_constant) * values
 
     def lowest(self, target: torch.Tensor) -> torch.Tensor:
         """`floor(target)` (B,), NaN for each sample when the floor is unknown."""
@@ -328,7 +395,143 @@ CB = Likelihood(
     ),
 )
 
-LIKELIHOODS: dict[str, Likelihood] = {record.name: record for record in (BCE, MSE, MAE, CB)}
+# --- Likelihoods with a learned scale or shape: two parameters per pixel (`aelab.losses`), true
+# densities in nats (nothing left out), trained through autograd (no fused head).
+
+GAUSSIAN_FLOOR = LOG_SCALE_MIN + HALF_LOG_TWO_PI  # nats per pixel: mean = target, sigma at its bound
+LAPLACE_FLOOR = LOG_SCALE_MIN + math.log(2.0)
+
+
+def _scale_minimum(floor: float, what: str) -> Callable[[Sequence[float]], str]:
+    text = (
+        f"prediction = target with {what} at its lower bound e^{LOG_SCALE_MIN:g}: a density, so the NLL "
+        f"goes below zero, down to {floor:.3f} nats per pixel"
+    )
+    return _same_minimum(text)
+
+
+def _gaussian_shared(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return gaussian_at_best_scale(mean, target, shared=True)
+
+
+def _gaussian_per_pixel(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return gaussian_at_best_scale(mean, target, shared=False)
+
+
+def _laplace_shared(location: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return laplace_at_best_scale(location, target, shared=True)
+
+
+def _laplace_per_pixel(location: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return laplace_at_best_scale(location, target, shared=False)
+
+
+# One element's loss at its best scale, for the loss explorer: the scale is the error itself,
+# bounded below as in training.
+_GAUSSIAN_JS = (
+    "{{nll: (t, p) => {{ const e = Math.abs(p - t), s = Math.max(e, Math.exp({bound})); "
+    "return 0.5 * (e / s) * (e / s) + Math.log(s) + 0.5 * Math.log(2 * Math.PI); }}, "
+    "floor: (t) => {floor!r}, minimiser: (t) => t}}"
+)
+_LAPLACE_JS = (
+    "{{nll: (t, p) => {{ const e = Math.abs(p - t), s = Math.max(e, Math.exp({bound})); "
+    "return e / s + Math.log(s) + Math.log(2); }}, floor: (t) => {floor!r}, minimiser: (t) => t}}"
+)
+
+GAUSSIAN = Likelihood(
+    name="gaussian",
+    distribution="Gaussian with mean p and one learned standard deviation shared by every pixel (Rybkin et al. 2021)",
+    nll_from_logits=gaussian_from_logits,
+    nll_from_pixels=gaussian_from_pixels,
+    mean_from_logits=location_from_logits,
+    mean_from_pixels=location_from_pixels,
+    floor=constant_floor(GAUSSIAN_FLOOR),
+    nll_from_mean=_gaussian_shared,
+    parameters_per_pixel=2,
+    shared_parameters=1,
+    minimum_text=_scale_minimum(GAUSSIAN_FLOOR, "sigma"),
+    prediction_words="gaussian scores a prediction at its best sigma, the root of its mean squared error",
+    unit="nats",
+    javascript=_GAUSSIAN_JS.format(bound=LOG_SCALE_MIN, floor=GAUSSIAN_FLOOR),
+)
+GAUSSIAN_PIXEL = Likelihood(
+    name="gaussian-pixel",
+    distribution="Gaussian with mean p and a learned standard deviation per pixel, decoded (Rybkin et al. 2021)",
+    nll_from_logits=gaussian_from_logits,
+    nll_from_pixels=gaussian_from_pixels,
+    mean_from_logits=location_from_logits,
+    mean_from_pixels=location_from_pixels,
+    floor=constant_floor(GAUSSIAN_FLOOR),
+    nll_from_mean=_gaussian_per_pixel,
+    parameters_per_pixel=2,
+    minimum_text=_scale_minimum(GAUSSIAN_FLOOR, "each pixel's sigma"),
+    prediction_words="gaussian-pixel scores each pixel at its best sigma, its own error",
+    unit="nats",
+    javascript=_GAUSSIAN_JS.format(bound=LOG_SCALE_MIN, floor=GAUSSIAN_FLOOR),
+)
+LAPLACE = Likelihood(
+    name="laplace",
+    distribution="Laplace with location p and one learned scale shared by every pixel",
+    nll_from_logits=laplace_from_logits,
+    nll_from_pixels=laplace_from_pixels,
+    mean_from_logits=location_from_logits,
+    mean_from_pixels=location_from_pixels,
+    floor=constant_floor(LAPLACE_FLOOR),
+    nll_from_mean=_laplace_shared,
+    parameters_per_pixel=2,
+    shared_parameters=1,
+    minimum_text=_scale_minimum(LAPLACE_FLOOR, "the scale"),
+    prediction_words="laplace scores a prediction at its best scale, its mean absolute error",
+    unit="nats",
+    dimming_note="the Laplace's location is each pixel's median, which is black on mostly-black images",
+    javascript=_LAPLACE_JS.format(bound=LOG_SCALE_MIN, floor=LAPLACE_FLOOR),
+)
+LAPLACE_PIXEL = Likelihood(
+    name="laplace-pixel",
+    distribution="Laplace with location p and a learned scale per pixel, from the decoder",
+    nll_from_logits=laplace_from_logits,
+    nll_from_pixels=laplace_from_pixels,
+    mean_from_logits=location_from_logits,
+    mean_from_pixels=location_from_pixels,
+    floor=constant_floor(LAPLACE_FLOOR),
+    nll_from_mean=_laplace_per_pixel,
+    parameters_per_pixel=2,
+    minimum_text=_scale_minimum(LAPLACE_FLOOR, "each pixel's scale"),
+    prediction_words="laplace-pixel scores each pixel at its best scale, its own absolute error",
+    unit="nats",
+    dimming_note="the Laplace's location is each pixel's median, which is black on mostly-black images",
+    javascript=_LAPLACE_JS.format(bound=LOG_SCALE_MIN, floor=LAPLACE_FLOOR),
+)
+BETA = Likelihood(
+    name="beta",
+    distribution=(
+        f"Beta with mean p and a learned concentration kappa per pixel (alpha = p kappa, beta = (1 - p) kappa), "
+        f"on targets squeezed into [{BETA_EDGE:g}, 1 - {BETA_EDGE:g}]"
+    ),
+    nll_from_logits=beta_from_logits,
+    nll_from_pixels=beta_from_pixels,
+    mean_from_logits=location_from_logits,
+    mean_from_pixels=location_from_pixels,
+    floor=None,  # it sits at the concentration's upper bound and depends on the target: not computed
+    nll_from_mean=beta_at_best_concentration,
+    support="unit",
+    parameters_per_pixel=2,
+    needs_unit_targets=True,
+    minimum_text=_same_minimum(
+        "prediction = target with the concentration at its upper bound e^9: a density, so the NLL goes "
+        "below zero (no floor computed)"
+    ),
+    prediction_words="beta scores a prediction at its best concentration, searched within its bounds",
+    unit="nats",
+    javascript=(
+        f"{{nll: (t, p) => M.betaAtBest(p, t, {LOG_CONCENTRATION_MIN!r}, {LOG_CONCENTRATION_MAX!r}, {BETA_EDGE!r}, "
+        f"{BETA_MEAN_EDGE!r}), floor: (t) => NaN, minimiser: (t) => t}}"
+    ),
+)
+
+LIKELIHOODS: dict[str, Likelihood] = {
+    record.name: record for record in (BCE, MSE, MAE, CB, GAUSSIAN, GAUSSIAN_PIXEL, LAPLACE, LAPLACE_PIXEL, BETA)
+}
 
 
 def get_likelihood(name: str) -> Likelihood:

@@ -270,3 +270,185 @@ def expected_pixels(loss: str, output: torch.Tensor, from_logits: bool) -> torch
     from aelab.likelihoods import get_likelihood
 
     return get_likelihood(loss).mean(output, logits=from_logits)
+
+
+# --- Likelihoods with more than one parameter per pixel. Their output holds the parameters
+# stacked along dim 1, parameter-major: (B, P*C, ...) for targets (B, C, ...), channels [0, C) the
+# location (the pixel mean, as logits or as the output activation's values, like a one-parameter
+# loss's output), the next C channels the second parameter, unconstrained. Each returns the
+# exact negative log-density per sample, mean over pixels, in nats: no constant is left out.
+#
+# Scales are read through Rybkin, Daniilidis & Levine's soft clip ("Simple and effective VAE
+# training with calibrated decoders", ICML 2021): log sigma = LOG_SCALE_MIN + softplus(raw -
+# LOG_SCALE_MIN), smooth, about `raw` above the bound and never below it, so a decoder cannot
+# drive a density on data with exactly repeated values (MNIST's black background) to -inf.
+LOG_SCALE_MIN = -6.0  # sigma >= e^-6 ~ 0.0025, about 0.6 of one 8-bit level
+HALF_LOG_TWO_PI = 0.5 * math.log(2 * math.pi)
+# Beta targets must lie inside (0, 1): pixels of exactly 0 or 1 are squeezed (clamped) to
+# BETA_EDGE and 1 - BETA_EDGE; a pixel already inside [BETA_EDGE, 1 - BETA_EDGE] is read as it is.
+BETA_EDGE = 1e-4
+BETA_MEAN_EDGE = 1e-6  # the Beta's mean is kept in [edge, 1 - edge], so both shapes stay positive
+# The Beta's concentration kappa = alpha + beta is read, like a scale, as a soft-clipped log:
+# log kappa in [LOG_CONCENTRATION_MIN, LOG_CONCENTRATION_MAX]. Without an upper bound a Beta fits
+# MNIST's black background (every pixel squeezed to BETA_EDGE) with a spike whose NLL has no
+# lower bound, and float32's lgamma loses the digits that tell large shapes apart; e^9 ~ 8100
+# gives a standard deviation of 0.0056 (1.4 grey levels) at mean 0.5.
+LOG_CONCENTRATION_MIN = -6.0
+LOG_CONCENTRATION_MAX = 9.0
+
+
+def _parameter_groups(output: torch.Tensor, target: torch.Tensor, count: int) -> tuple[torch.Tensor, ...]:
+    """`output` (B, count*C, ...) split into `count` tensors shaped like `target` (B, C, ...)."""
+    expected = (target.shape[0], target.shape[1] * count, *target.shape[2:]) if target.ndim >= 2 else None
+    if expected is None or tuple(output.shape) != expected:
+        raise ValueError(
+            f"output shape {tuple(output.shape)} does not match target shape {tuple(target.shape)} "
+            f"with {count} parameters per pixel (expected {expected})"
+        )
+    return output.chunk(count, dim=1)
+
+
+def bounded_log_scale(raw: torch.Tensor) -> torch.Tensor:
+    """log sigma from an unconstrained value: Rybkin et al.'s soft clip at LOG_SCALE_MIN."""
+    return LOG_SCALE_MIN + F.softplus(raw - LOG_SCALE_MIN)
+
+
+def gaussian_nll_elements(mean: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log N(target; mean, exp(log_scale)^2) elementwise, in nats."""
+    standardised = (target - mean) * torch.exp(-log_scale)
+    return 0.5 * standardised * standardised + log_scale + HALF_LOG_TWO_PI
+
+
+def laplace_nll_elements(location: torch.Tensor, log_scale: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log Laplace(target; location, exp(log_scale)) elementwise, in nats."""
+    return (target - location).abs() * torch.exp(-log_scale) + log_scale + math.log(2.0)
+
+
+def bounded_log_concentration(raw: torch.Tensor) -> torch.Tensor:
+    """log kappa from an unconstrained value: soft-clipped into [LOG_CONCENTRATION_MIN,
+    LOG_CONCENTRATION_MAX], about `raw` well inside."""
+    above_min = LOG_CONCENTRATION_MIN + F.softplus(raw - LOG_CONCENTRATION_MIN)
+    return LOG_CONCENTRATION_MAX - F.softplus(LOG_CONCENTRATION_MAX - above_min)
+
+
+def beta_shapes(mean: torch.Tensor, raw_concentration: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha, beta) of the Beta with this mean and concentration kappa =
+    exp(bounded_log_concentration(raw)): alpha = mean kappa, beta = (1 - mean) kappa."""
+    mean = mean.clamp(BETA_MEAN_EDGE, 1 - BETA_MEAN_EDGE)
+    concentration = torch.exp(bounded_log_concentration(raw_concentration))
+    return mean * concentration, (1 - mean) * concentration
+
+
+def beta_nll_elements(alpha: torch.Tensor, beta: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-log Beta(target; alpha, beta) elementwise, in nats, the target squeezed into
+    [BETA_EDGE, 1 - BETA_EDGE]."""
+    x = target.clamp(BETA_EDGE, 1 - BETA_EDGE)
+    log_norm = torch.lgamma(alpha) + torch.lgamma(beta) - torch.lgamma(alpha + beta)
+    return log_norm - (alpha - 1) * torch.log(x) - (beta - 1) * torch.log1p(-x)
+
+
+def gaussian_from_logits(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Gaussian NLL per sample, mean over pixels, in nats: output (B, 2C, ...) holds the mean's
+    logits (mean = sigmoid) and the raw log-scales. Shape (B,)."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(gaussian_nll_elements(torch.sigmoid(location), bounded_log_scale(raw), target))
+
+
+def gaussian_from_pixels(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`gaussian_from_logits` with the mean given as it is (the output activation's values)."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(gaussian_nll_elements(location, bounded_log_scale(raw), target))
+
+
+def laplace_from_logits(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Laplace NLL per sample, mean over pixels, in nats: output (B, 2C, ...) holds the
+    location's logits (location = sigmoid) and the raw log-scales. Shape (B,)."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(laplace_nll_elements(torch.sigmoid(location), bounded_log_scale(raw), target))
+
+
+def laplace_from_pixels(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`laplace_from_logits` with the location given as it is."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(laplace_nll_elements(location, bounded_log_scale(raw), target))
+
+
+def beta_from_logits(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Beta NLL per sample, mean over pixels, in nats: output (B, 2C, ...) holds the mean's
+    logits (mean = sigmoid) and the raw concentrations. Shape (B,)."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(beta_nll_elements(*beta_shapes(torch.sigmoid(location), raw), target))
+
+
+def beta_from_pixels(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`beta_from_logits` with the mean given as it is."""
+    location, raw = _parameter_groups(output, target, 2)
+    return _per_sample_mean(beta_nll_elements(*beta_shapes(location, raw), target))
+
+
+def location_from_logits(output: torch.Tensor) -> torch.Tensor:
+    """The first parameter group through a sigmoid: the pixel mean of the Gaussian, Laplace and
+    Beta above, (B, 2C, ...) -> (B, C, ...)."""
+    return torch.sigmoid(output.chunk(2, dim=1)[0])
+
+
+def location_from_pixels(output: torch.Tensor) -> torch.Tensor:
+    """The first parameter group as it is, (B, 2C, ...) -> (B, C, ...)."""
+    return output.chunk(2, dim=1)[0]
+
+
+# What `aelab loss` and the doctor's mean-image baseline read a bare pixel prediction as: the
+# prediction at its best scale (the profile likelihood). For a shared scale over a sample that
+# is the closed form sigma^2 = the sample's mean squared error (Rybkin et al.'s optimal sigma;
+# for the Laplace, b = its mean absolute error), for a per-pixel scale each pixel's own error;
+# both bounded below by e^LOG_SCALE_MIN as training bounds them.
+
+
+def gaussian_at_best_scale(mean: torch.Tensor, target: torch.Tensor, *, shared: bool) -> torch.Tensor:
+    """Gaussian NLL (B,) of mean predictions at the scale that minimises it (shared per sample,
+    or per pixel), mean over pixels, in nats."""
+    _check_shapes(mean, target)
+    error = (target - mean).square()
+    variance = _per_sample_mean(error).view(-1, *[1] * (error.ndim - 1)) if shared else error
+    log_scale = (0.5 * torch.log(variance)).clamp_min(LOG_SCALE_MIN)
+    return _per_sample_mean(gaussian_nll_elements(mean, log_scale.expand_as(error), target))
+
+
+def laplace_at_best_scale(location: torch.Tensor, target: torch.Tensor, *, shared: bool) -> torch.Tensor:
+    """Laplace NLL (B,) of predictions at the scale that minimises it (shared per sample, or
+    per pixel), mean over pixels, in nats."""
+    _check_shapes(location, target)
+    error = (target - location).abs()
+    scale = _per_sample_mean(error).view(-1, *[1] * (error.ndim - 1)) if shared else error
+    log_scale = torch.log(scale).clamp_min(LOG_SCALE_MIN)
+    return _per_sample_mean(laplace_nll_elements(location, log_scale.expand_as(error), target))
+
+
+# Concentrations kappa searched for the Beta's best one: a grid over its bounds, 8 per e-fold,
+# then a grid 64 times finer around the best point of the first.
+BETA_CONCENTRATIONS = torch.linspace(LOG_CONCENTRATION_MIN, LOG_CONCENTRATION_MAX, 121, dtype=torch.float64).exp()
+
+
+def beta_at_best_concentration(mean: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Beta NLL (B,) of mean predictions at the concentration (one per sample, searched over
+    BETA_CONCENTRATIONS and refined) that minimises it, mean over pixels, in nats."""
+    _check_shapes(mean, target)
+    mean = mean.clamp(BETA_MEAN_EDGE, 1 - BETA_MEAN_EDGE)
+    shape = (-1, mean.shape[0], *[1] * (mean.ndim - 1))  # (K, B, 1, ...)
+
+    def values(kappas: torch.Tensor) -> torch.Tensor:  # (K, B)
+        kappas = kappas.to(mean.dtype).reshape(shape)
+        return beta_nll_elements(mean * kappas, (1 - mean) * kappas, target).flatten(2).mean(dim=2)
+
+    coarse = BETA_CONCENTRATIONS.to(mean.device)
+    best = values(coarse.unsqueeze(1).expand(-1, mean.shape[0])).argmin(dim=0)  # (B,)
+    step = (LOG_CONCENTRATION_MAX - LOG_CONCENTRATION_MIN) / 120
+    offsets = torch.linspace(-step, step, 129, dtype=torch.float64, device=mean.device)
+    fine = coarse[best].log().unsqueeze(0) + offsets.unsqueeze(1)
+    fine = fine.clamp(LOG_CONCENTRATION_MIN, LOG_CONCENTRATION_MAX).exp()  # (129, B)
+    return torch.minimum(values(fine).min(dim=0).values, values(coarse[best].unsqueeze(0))[0])
+
+
+def constant_floor(value: float) -> FloorFn:
+    """A floor of `value` nats per pixel for every sample."""
+    return lambda target: torch.full((target.shape[0],), value, dtype=target.dtype, device=target.device)

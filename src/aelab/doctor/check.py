@@ -59,7 +59,7 @@ def probe_targets(data: ImageData, config: RunConfig | None = None, images: int 
 
 def check_setup(config: RunConfig, data: ImageData, setting: Setting = config_setting) -> list[Finding]:
     """The pre-training findings for `config` on `data`, from a freshly initialised model."""
-    model = build_model(config.model, data.image_shape, seed=config.train.seed)
+    model = build_model(config.model, data.image_shape, seed=config.train.seed, loss=config.train.loss)
     subject = Subject(model, config.train.loss)
     return setup_findings(config_setup(config, subject, probe_targets(data, config), data, setting))
 
@@ -94,7 +94,12 @@ def check(
     does not allow (no traceable layers, no gradient, ...) are named in an "unchecked" finding.
     Returns the findings; `aelab.findings.save_findings(folder, findings)` writes them.
     Raises ConfigError for an unknown loss, or when the model raises on every input shape."""
-    get_likelihood(loss)
+    likelihood = get_likelihood(loss)
+    if likelihood.parameters_per_pixel != 1 and not isinstance(model, Autoencoder):
+        raise ConfigError(
+            f"loss {loss} reads {likelihood.parameters_per_pixel} parameters per pixel, which aelab.doctor.check "
+            "reads from aelab's own models only; check your module with a one-parameter loss (mse, bce, mae, cb)"
+        )
     with preserved(model), own_random_state(model):
         return _check(model, data, loss, from_logits, images)
 
@@ -393,7 +398,7 @@ def diagnose_run(
     targets = probe_targets(data, config)
     subject = Subject(run.model, config.train.loss)
     layers = trace_layers(subject, targets)
-    initial = weight_norms(build_model(config.model, data.image_shape, seed=config.train.seed))
+    initial = weight_norms(build_model(config.model, data.image_shape, seed=config.train.seed, loss=config.train.loss))
     epoch = len(run.history) or None
     state = measure(subject, baseline(targets, config.train.loss), layers, initial, "initial", epoch=epoch)
     context = run_context(config, setting)

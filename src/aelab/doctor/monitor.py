@@ -128,7 +128,7 @@ def baseline(targets: torch.Tensor, loss: str) -> Baseline:
     likelihood = get_likelihood(loss)
     return Baseline(
         targets=targets,
-        mean_image_loss=float(likelihood.nll_from_pixels(mean_image.expand_as(targets), targets).mean()),
+        mean_image_loss=float(likelihood.pixel_nll(mean_image.expand_as(targets), targets).mean()),
         loss_floor=float(likelihood.lowest(targets).mean()),  # NaN when unknown: the gap is then on mse
         variance=float((targets - mean_image).square().mean()),
     )

@@ -2,11 +2,16 @@
 model shows: the output activation, or for a model trained with the continuous Bernoulli loss
 the distribution's mean (`aelab.likelihoods.Likelihood.mean`), as evaluation and the report do.
 
-Both models take images (B, C, H, W) as floats and return logits of the same shape.
+Both models take images (B, C, H, W) as floats and return logits (B, V*C, H, W): V = 1 value
+per pixel, the same shape as the images, for one-parameter likelihoods (bce, mse, mae, cb);
+for a likelihood with more parameters V is its `decoded_parameters`, parameter-major (the
+location's C channels first). A likelihood's shared parameters (one learned sigma) are model
+parameters, `likelihood_parameters`, saved with the weights; `loss_input` appends them.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from itertools import pairwise
@@ -29,6 +34,7 @@ class Autoencoder(nn.Module):
     config: ModelConfig
     image_shape: tuple[int, int, int]
     loss: str | None = None
+    output_values: int = 1  # values per pixel the decoder outputs (`Likelihood.decoded_parameters`)
 
     def _setup_activations(self, config: ModelConfig) -> None:
         self.config = config
@@ -56,22 +62,38 @@ class Autoencoder(nn.Module):
 
     def loss_input(self, logits: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(output, from_logits) for `Likelihood.nll`: logits when the output is a sigmoid, so
-        likelihood losses stay in log space; the output activation's values otherwise."""
-        if self.config.output_activation == "sigmoid":
-            return logits, True
-        return self.output_activation(logits), False
+        likelihood losses stay in log space; the output activation's values otherwise.
+
+        For a likelihood with more than one parameter per pixel the output activation applies to
+        the location's C channels only, and the shared parameters (`likelihood_parameters`, (S,))
+        are appended, each as C channels: output (B, P*C, H, W)."""
+        from_logits = self.config.output_activation == "sigmoid"
+        shared = self._parameters.get("likelihood_parameters")
+        if self.output_values == 1 and shared is None:
+            return (logits, True) if from_logits else (self.output_activation(logits), False)
+        channels = self.image_shape[0]
+        location = logits[:, :channels]
+        parts = [location if from_logits else self.output_activation(location), logits[:, channels:]]
+        if shared is not None:
+            groups = shared.repeat_interleave(channels).view(1, -1, *[1] * (logits.ndim - 2))
+            parts.append(groups.expand(logits.shape[0], -1, *logits.shape[2:]).to(logits.dtype))
+        return torch.cat(parts, dim=1), from_logits
 
 
 class DenseAutoencoder(Autoencoder):
-    """Fully connected: D -> hidden_dims... -> latent_dim -> reversed(hidden_dims)... -> D."""
+    """Fully connected: D -> hidden_dims... -> latent_dim -> reversed(hidden_dims)... -> V*D."""
 
-    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int], output_values: int = 1) -> None:
         super().__init__()
         self._setup_activations(config)
         self.image_shape = image_shape
+        self.output_values = output_values
         dims = [math.prod(image_shape), *config.hidden_dims, config.latent_dim]
         self.encoder = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(dims))
         decoder_dims = dims[::-1]
+        decoder_dims[-1] *= output_values
+        if config.tied and output_values != 1:
+            raise ConfigError(f"model.tied cannot decode {output_values} values per pixel; drop model.tied")
         if config.tied:
             # The decoder reuses each encoder weight transposed; only its biases are its own.
             self.decoder_biases = nn.ParameterList(nn.Parameter(torch.zeros(d)) for d in decoder_dims[1:])
@@ -100,7 +122,8 @@ class DenseAutoencoder(Autoencoder):
             hidden = nn.functional.linear(hidden, weight, bias)
             if index < len(layers) - 1:
                 hidden = self.hidden_activation(hidden)
-        return hidden.view(codes.shape[0], *self.image_shape)  # logits (B, C, H, W)
+        channels, height, width = self.image_shape
+        return hidden.view(codes.shape[0], channels * self.output_values, height, width)  # logits (B, V*C, H, W)
 
 
 def _conv_sizes(size: int, steps: int) -> list[int]:
@@ -115,9 +138,10 @@ class ConvAutoencoder(Autoencoder):
     """Stride-2 convolutions (one per entry of hidden_dims, as channel counts), a linear code,
     and transposed convolutions back to exactly the input's size."""
 
-    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int]) -> None:
+    def __init__(self, config: ModelConfig, image_shape: tuple[int, int, int], output_values: int = 1) -> None:
         super().__init__()
         self._setup_activations(config)
+        self.output_values = output_values
         if config.tied:
             raise ConfigError(
                 template="model.tied applies to dense models only; drop {model.tied} or use {model.kind:dense}"
@@ -127,6 +151,7 @@ class ConvAutoencoder(Autoencoder):
         steps = len(config.hidden_dims)
         heights, widths = _conv_sizes(height, steps), _conv_sizes(width, steps)
         chans = [channels, *config.hidden_dims]
+        out_chans = [channels * output_values, *config.hidden_dims]
         self.encoder = nn.ModuleList(nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1) for a, b in pairwise(chans))
         self.bottom_shape = (chans[-1], heights[-1], widths[-1])
         self.to_code = nn.Linear(math.prod(self.bottom_shape), config.latent_dim)
@@ -137,7 +162,7 @@ class ConvAutoencoder(Autoencoder):
             padding = (heights[index - 1] - (2 * heights[index] - 1), widths[index - 1] - (2 * widths[index] - 1))
             self.decoder.append(
                 nn.ConvTranspose2d(
-                    chans[index], chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
+                    chans[index], out_chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
                 )
             )
 
@@ -154,10 +179,12 @@ class ConvAutoencoder(Autoencoder):
             hidden = layer(hidden)
             if index < last:
                 hidden = self.hidden_activation(hidden)
-        return hidden  # logits (B, C, H, W)
+        return hidden  # logits (B, V*C, H, W)
 
 
-MODELS: dict[str, Callable[[ModelConfig, tuple[int, int, int]], Autoencoder]] = {
+# A builder takes (config, image_shape) and, for likelihoods with more than one parameter per
+# pixel, the keyword `output_values` (values per pixel its decoder outputs).
+MODELS: dict[str, Callable[..., Autoencoder]] = {
     "dense": DenseAutoencoder,
     "conv": ConvAutoencoder,
 }
@@ -183,6 +210,30 @@ INITS: dict[str, Callable[[torch.Tensor], None] | None] = {
 }
 
 
+def check_model_fits_loss(config: ModelConfig, loss: str) -> None:
+    """Raise ConfigError when a model of `config` cannot decode what the likelihood `loss` reads:
+    more than one value per pixel from a builder without `output_values`, or from a tied
+    decoder. Called before a run's folder is touched, and by `build_model`."""
+    values = get_likelihood(loss).decoded_parameters
+    if values == 1 or config.kind not in MODELS:
+        return
+    if "output_values" not in inspect.signature(MODELS[config.kind]).parameters:
+        raise ConfigError(
+            template="{model.kind:{kind}} outputs one value per pixel, and {train.loss:{loss}} needs {values}: "
+            "give its builder an output_values keyword, or choose another loss",
+            kind=config.kind,
+            loss=loss,
+            values=values,
+        )
+    if config.tied:
+        raise ConfigError(
+            template="{model.tied} reuses the encoder's first layer, which cannot decode {values} values per pixel "
+            "({train.loss:{loss}}); drop {model.tied} or use a loss with one decoded parameter per pixel",
+            loss=loss,
+            values=values,
+        )
+
+
 def build_model(
     config: ModelConfig, image_shape: tuple[int, int, int], seed: int = 0, *, loss: str | None = None
 ) -> Autoencoder:
@@ -190,10 +241,12 @@ def build_model(
 
     loss: the loss the model is (or was) trained with, a key of `aelab.LIKELIHOODS`; `pixels()`
         then returns that loss's pixel mean (the cb mean for "cb"). None: the output activation.
+        It also shapes the model: the decoder outputs the likelihood's `decoded_parameters`
+        values per pixel, and its shared parameters (a learned sigma) become the model's
+        `likelihood_parameters`, starting at zero (raw values: sigma = 1).
     The seed drives initialisation through a private RNG scope, so building a model leaves the
     global torch RNG as it was."""
-    if loss is not None:
-        get_likelihood(loss)
+    likelihood = get_likelihood(loss) if loss is not None else None
     if config.kind not in MODELS:
         raise ConfigError(f"unknown model {config.kind!r}; valid: {', '.join(MODELS)}")
     if config.init not in INITS:
@@ -202,12 +255,19 @@ def build_model(
         # The CPU generator only: torch.manual_seed would also (re)seed every GPU's generator,
         # which this scope does not restore.
         torch.random.default_generator.manual_seed(seed)
-        model = MODELS[config.kind](config, image_shape)
+        values = likelihood.decoded_parameters if likelihood is not None else 1
+        if values == 1:
+            model = MODELS[config.kind](config, image_shape)
+        else:
+            check_model_fits_loss(config, loss)  # type: ignore[arg-type]
+            model = MODELS[config.kind](config, image_shape, output_values=values)
         init = INITS[config.init]
         if init is not None:
             for module in model.modules():
                 if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
                     init(module.weight)
                     nn.init.zeros_(module.bias)
+    if likelihood is not None and likelihood.shared_parameters:
+        model.register_parameter("likelihood_parameters", nn.Parameter(torch.zeros(likelihood.shared_parameters)))
     model.loss = loss
     return model

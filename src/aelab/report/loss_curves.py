@@ -32,6 +32,7 @@ from aelab.likelihoods import LIKELIHOODS, get_likelihood, probability_text
 CURVE_TARGETS = (0.0, 0.3, 0.5, 0.8, 1.0)
 PREDICTION_EDGE = 1e-3  # curves are drawn for predictions in [edge, 1 - edge]
 PLOT_FORMATS = ("png", "svg", "pdf")  # what a file name may end in; the suffix picks the format
+PANELS_PER_ROW = 5  # the figure wraps onto more rows beyond this many losses
 
 
 def elementwise_loss(name: str, predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,16 +87,17 @@ def loss_table(targets: Sequence[float], predictions: Sequence[float]) -> list[L
 def format_loss_table(targets: Sequence[float], predictions: Sequence[float]) -> str:
     """The calculator's printout: targets, predictions, and one line per loss."""
     lines = loss_table(targets, predictions)
+    width = max(5, *(len(line.loss) for line in lines))
     out = [
         "targets:     " + "  ".join(f"{t:g}" for t in targets),
         "predictions: " + "  ".join(f"{p:g}" for p in predictions),
         _units_text(),
         "",
-        f"{'loss':<5} {'value':>8} {'floor':>8} {'excess':>8}  minimal where",
+        f"{'loss':<{width}} {'value':>8} {'floor':>8} {'excess':>8}  minimal where",
     ]
     for line in lines:
         values = f"{_number(line.value):>8} {_number(line.floor):>8} {_number(line.excess):>8}"
-        out.append(f"{line.loss:<5} {values}  {line.minimal_at}")
+        out.append(f"{line.loss:<{width}} {values}  {line.minimal_at}")
     for line in lines:
         note = LIKELIHOODS[line.loss].floor_note
         if note is not None and math.isfinite(line.floor) and line.floor > 1e-12:
@@ -119,6 +121,7 @@ def _units_text() -> str:
     nats = [name for name, record in LIKELIHOODS.items() if record.unit == "nats"]
     parts = ["each loss is the mean over the elements" + (f", in nats for {_names_text(nats)}" if nats else "")]
     parts += [f"{name} reads a prediction as its mean" for name, record in LIKELIHOODS.items() if record.mean_words]
+    parts += [record.prediction_words for record in LIKELIHOODS.values() if record.prediction_words]
     return "(" + "; ".join(parts) + ")"
 
 
@@ -161,8 +164,13 @@ def plot_loss_curves(
 
     grid = prediction_grid()
     names = list(LIKELIHOODS)
-    figure = Figure(figsize=(3.3 * len(names), 3.3))
-    axes = figure.subplots(1, len(names), sharex=True, squeeze=False)[0]
+    columns = min(len(names), PANELS_PER_ROW)
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=(3.3 * columns, 3.3 * rows + 0.4))
+    grid_axes = figure.subplots(rows, columns, sharex=True, squeeze=False).flatten()
+    for spare in grid_axes[len(names) :]:
+        spare.set_visible(False)
+    axes = grid_axes[: len(names)]
     colours = matplotlib.colormaps["viridis"]
     for axis, name in zip(axes, names, strict=True):
         for index, target in enumerate(targets):
@@ -179,10 +187,11 @@ def plot_loss_curves(
         axis.set_ylim(bottom=0)
         axis.set_ylim(top=min(axis.get_ylim()[1], 4.0))
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("loss - its minimum")
+    for axis in axes[::columns]:
+        axis.set_ylabel("loss - its minimum")
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.08, 1, 1))
+    figure.tight_layout(rect=(0, 0.08 / rows, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format=image_format, dpi=100)
     data = buffer.getvalue()

@@ -64,6 +64,8 @@ def fast_step_problem(model: torch.nn.Module) -> str | None:
     """Why `DenseStep` cannot train `model`, or None when it can."""
     if not isinstance(model, DenseAutoencoder):
         return "it handles dense models only"
+    if model.output_values != 1 or "likelihood_parameters" in model._parameters:
+        return f"it has no head for train.loss {model.loss} (more than one parameter per pixel)"
     config = model.config
     for name in (config.activation, config.code_activation or config.activation):
         if ACTIVATIONS[name].gradient is None:

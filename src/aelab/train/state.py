@@ -21,7 +21,7 @@ from aelab.data import ImageData, check_data_config, prepare_batch
 from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
-from aelab.nn.models import build_model
+from aelab.nn.models import build_model, check_model_fits_loss
 from aelab.regularizers import Regularization
 from aelab.runs import FolderWriter, atomic_write_bytes
 from aelab.train.divergence import DivergenceGuard
@@ -60,12 +60,8 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
     check) and for data passed in memory."""
     if data_keys:
         check_data_config(config.data)
-    likelihood = get_likelihood(config.train.loss)
-    if likelihood.parameters_per_pixel != 1:
-        raise ConfigError(
-            f"train.loss {likelihood.name} needs {likelihood.parameters_per_pixel} output values per pixel; "
-            "aelab's models output one"
-        )
+    get_likelihood(config.train.loss)
+    check_model_fits_loss(config.model, config.train.loss)
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     Regularization.from_config(config.train, config.model.code_activation or config.model.activation)
@@ -152,7 +148,9 @@ class RunState:
                 f"images of shape {tuple(self.data.image_shape)} do not fit the {self.config.model.kind} model "
                 f"({str(error).splitlines()[0]}); change the model or the data"
             ) from None
-        if logits.shape != sample.shape:  # pragma: no cover - the models mirror their input
+        values = getattr(self.model, "output_values", 1)  # one value per pixel, or the likelihood's parameters
+        expected = (sample.shape[0], sample.shape[1] * values, *sample.shape[2:])
+        if tuple(logits.shape) != expected:  # pragma: no cover - the models mirror their input
             raise DataError(f"model outputs {tuple(logits.shape)} for inputs {tuple(sample.shape)}")
 
     @property

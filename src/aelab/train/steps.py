@@ -28,6 +28,7 @@ import torch
 
 from aelab.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from aelab.errors import ConfigError
+from aelab.likelihoods import LIKELIHOODS
 from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import MODELS, DenseAutoencoder
 from aelab.train.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
@@ -52,7 +53,7 @@ FAST_STEP: dict[str, str] = {
     "model.output_activation": "honoured",  # the likelihood's fused head, or autograd on the head alone
     "model.init": "input",
     "model.tied": "honoured",
-    "train.loss": "honoured",
+    "train.loss": "checked",  # one parameter per pixel: a fused head, or autograd on the head alone
     "train.optimizer": "honoured",  # a real torch optimizer reads the gradients the step writes
     "train.learning_rate": "honoured",
     "train.momentum": "honoured",
@@ -137,6 +138,12 @@ def config_step_problem(config: RunConfig) -> str | None:
     for name in (model.activation, model.code_activation or model.activation):
         if name in ACTIVATIONS and ACTIVATIONS[name].gradient is None:
             return f"it has no gradient for the {name!r} activation"
+    likelihood = LIKELIHOODS.get(config.train.loss)
+    if likelihood is not None and likelihood.parameters_per_pixel != 1:
+        return (
+            f"it has no head for train.loss {likelihood.name} ({likelihood.parameters_per_pixel} parameters "
+            "per pixel), which trains through autograd"
+        )
     return None
 
 
