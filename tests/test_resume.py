@@ -85,6 +85,9 @@ def assert_same_run(left, right):
         ({"train": {"patience": 1, "epochs": 6, "learning_rate": 0.5}}, 1),  # early-stopping state
         ({"model": {"kind": "conv", "hidden_dims": [2, 4], "latent_dim": 3}, "train": {"loss": "cb"}}, 2),
         ({"model": {"hidden_dims": [8], "tied": True}, "train": {"weight_decay": 0.01}}, 0),
+        # a VAE: its reparameterisation draws come from the run's noise generator (issue 12)
+        ({"model": {"variational": True}, "train": {"beta": 0.5, "kl_warmup_epochs": 3, "free_bits": 0.05}}, 2),
+        ({"model": {"kind": "conv", "hidden_dims": [2], "variational": True}, "train": {"loss": "mse"}}, 1),
     ],
 )
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, sections, stop_after):

@@ -53,6 +53,11 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
     ("model", "code_activation", "activation of the code layer (default: --activation)"),
     ("model", "output_activation", "output activation, softmax allowed"),
     ("model", "init", "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default"),
+    (
+        "model",
+        "variational",
+        "a variational autoencoder: Gaussian codes, trained on the negative ELBO (--vae alone: true; see --beta)",
+    ),
     ("train", "loss", "bce, mse, mae or cb"),
     ("train", "optimizer", "adam, sgd, rmsprop, adadelta or adagrad"),
     ("train", "learning_rate", "learning rate"),
@@ -71,6 +76,9 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
         "machine, but the weights then depend on that load). A resume reuses the run's count",
     ),
     ("train", "engine", "auto, autograd or fast (hand-written dense step)"),
+    ("train", "beta", "VAE: the KL term's weight (1: the ELBO; beta-VAE above 1)"),
+    ("train", "kl_warmup_epochs", "VAE: raise the KL weight linearly to beta over N epochs"),
+    ("train", "free_bits", "VAE: nats per latent dimension of KL left unpenalised"),
 ]
 # (flag, section, key, help) for every option of a RunConfig. Every value is parsed by
 # `aelab.config.parse_field`, as grid values are.
@@ -136,6 +144,10 @@ METAVARS = {
     "--device": "DEVICE",
     "--threads": "N",
     "--engine": "ENGINE",
+    "--beta": "BETA",
+    "--kl-warmup-epochs": "N",
+    "--free-bits": "NATS",
+    "--vae": "BOOL",
 }
 # --help's words for run options whose config default is None.
 NONE_DEFAULTS = {
@@ -207,6 +219,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         default = _default_text(getattr(getattr(defaults, section), key), key)
         if default is not None and "(default:" not in text:
             text = f"{text} (default: {default})"
+        # A true-or-false field given alone means true (`--vae`); it also takes a value (`--vae false`).
+        switch = {"nargs": "?", "const": "true"} if isinstance(getattr(getattr(defaults, section), key), bool) else {}
         parser.add_argument(
             flag,
             dest=f"opt_{key}",
@@ -215,6 +229,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
             default=None,
             metavar=METAVARS.get(flag, key.upper()),
             help=text,
+            **switch,
         )
     parser.add_argument("--raw-pixels", action="store_true", help="keep 0..255 values (the forgot-to-divide mistake)")
     parser.add_argument("--tied", action="store_true", default=None, help="dense decoder reuses encoder weights")

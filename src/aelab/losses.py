@@ -270,3 +270,11 @@ def expected_pixels(loss: str, output: torch.Tensor, from_logits: bool) -> torch
     from aelab.likelihoods import get_likelihood
 
     return get_likelihood(loss).mean(output, logits=from_logits)
+
+
+def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_variance)) || N(0, 1)) per latent dimension, in nats, elementwise:
+    (exp(lv) + mean^2 - 1 - lv) / 2 (Kingma & Welling 2014, appendix B). Shape of `mean`,
+    (B, latent_dim); the caller sums over dimensions for the KL per image."""
+    _check_shapes(mean, log_variance)
+    return 0.5 * (log_variance.exp() + mean.square() - 1.0 - log_variance)

@@ -190,10 +190,11 @@ def build_model(
 
     loss: the loss the model is (or was) trained with, a key of `aelab.LIKELIHOODS`; `pixels()`
         then returns that loss's pixel mean (the cb mean for "cb"). None: the output activation.
+    config.variational: a VAE of `config.kind` (`aelab.nn.variational`), its decoder giving the
+        likelihood's parameters per pixel.
     The seed drives initialisation through a private RNG scope, so building a model leaves the
     global torch RNG as it was."""
-    if loss is not None:
-        get_likelihood(loss)
+    likelihood = get_likelihood(loss) if loss is not None else None
     if config.kind not in MODELS:
         raise ConfigError(f"unknown model {config.kind!r}; valid: {', '.join(MODELS)}")
     if config.init not in INITS:
@@ -202,7 +203,12 @@ def build_model(
         # The CPU generator only: torch.manual_seed would also (re)seed every GPU's generator,
         # which this scope does not restore.
         torch.random.default_generator.manual_seed(seed)
-        model = MODELS[config.kind](config, image_shape)
+        if config.variational:
+            from aelab.nn.variational import build_variational  # it builds on Autoencoder, defined here
+
+            model: Autoencoder = build_variational(config, image_shape, likelihood)
+        else:
+            model = MODELS[config.kind](config, image_shape)
         init = INITS[config.init]
         if init is not None:
             for module in model.modules():

@@ -43,6 +43,8 @@ def checkpoint_bytes(state: RunState) -> bytes:
                 scalars.setdefault(str(index), {})[key] = value
     tensors["rng/order"] = state.order_generator.get_state()
     tensors["rng/binarize"] = state.binarize_generator.get_state()
+    if state.config.model.variational:  # plain runs' checkpoints stay as they were
+        tensors["rng/noise"] = state.noise_generator.get_state()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {
         "format": CHECKPOINT_FORMAT,
@@ -119,6 +121,8 @@ def load_checkpoint(state: RunState, path: Path) -> None:
         state.optimizer.load_state_dict({"state": moments, "param_groups": json.loads(metadata["param_groups"])})
         state.order_generator.set_state(tensors["rng/order"])
         state.binarize_generator.set_state(tensors["rng/binarize"].to(state.binarize_generator.device))
+        if state.config.model.variational:
+            state.noise_generator.set_state(tensors["rng/noise"].to(state.noise_generator.device))
         trainer = json.loads(metadata["trainer"])
         epoch = int(metadata["epoch"])
         history = trainer["history"]

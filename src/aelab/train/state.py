@@ -21,6 +21,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model
+from aelab.nn.variational import is_variational
 from aelab.train.divergence import DivergenceGuard
 from aelab.train.fast import fast_optimizer
 
@@ -58,7 +59,13 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
     if data_keys:
         check_data_config(config.data)
     likelihood = get_likelihood(config.train.loss)
-    if likelihood.parameters_per_pixel != 1:
+    if not config.model.variational:
+        for key in ("beta", "kl_warmup_epochs", "free_bits"):
+            if getattr(config.train, key) != getattr(TrainConfig, key):
+                raise ConfigError(
+                    template=f"train.{key} applies to VAEs only; drop {{train.{key}}} or add {{model.variational}}"
+                )
+    if likelihood.parameters_per_pixel != 1 and not config.model.variational:
         raise ConfigError(
             f"train.loss {likelihood.name} needs {likelihood.parameters_per_pixel} output values per pixel; "
             "aelab's models output one"
@@ -99,6 +106,8 @@ class RunState:
         # Separate generators: data order and binarisation draws never disturb each other.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # A VAE's reparameterisation draws (saved in its checkpoints, so a resume is exact).
+        self.noise_generator = torch.Generator(device=self.device).manual_seed(seed + 4)
         self.train_images = data.train.to(self.device)
         self.validation = validation or Validation.build(data, config.data, seed + 2, self.device)
         self.guard = DivergenceGuard(config.train.learning_rate, self.steps_per_epoch)
@@ -119,7 +128,8 @@ class RunState:
                 f"images of shape {tuple(self.data.image_shape)} do not fit the {self.config.model.kind} model "
                 f"({str(error).splitlines()[0]}); change the model or the data"
             ) from None
-        if logits.shape != sample.shape:  # pragma: no cover - the models mirror their input
+        expected = self.model.decode_shape(1) if is_variational(self.model) else sample.shape
+        if logits.shape != expected:  # pragma: no cover - the models mirror their input
             raise DataError(f"model outputs {tuple(logits.shape)} for inputs {tuple(sample.shape)}")
 
     @property
