@@ -220,3 +220,70 @@ def test_a_cb_vae_on_eight_bit_pixels_has_bits_per_dimension(tmp_path):
     # bpd is the IWAE NLL of dequantised pixels: close to that of the pixels themselves
     assert last["val_bpd"] == pytest.approx(last["val_nll"] / (pixels * math.log(2)) + 8, abs=0.3)
     assert 0 < last["val_bpd"] < 8
+
+
+class ExampleVAE(torch.nn.Module):
+    """pytorch/examples' VAE, as a user writes it: forward returns (recon, mu, logvar)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(64, 32)
+        self.fc21 = torch.nn.Linear(32, 4)
+        self.fc22 = torch.nn.Linear(32, 4)
+        self.fc3 = torch.nn.Linear(4, 32)
+        self.fc4 = torch.nn.Linear(32, 64)
+
+    def forward(self, x):
+        h = torch.relu(self.fc1(x.view(-1, 64)))
+        mu, logvar = self.fc21(h), self.fc22(h)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return torch.sigmoid(self.fc4(torch.relu(self.fc3(z)))), mu, logvar
+
+
+def test_the_doctor_finds_a_user_vaes_collapsed_posterior_and_explains_the_mean_reduction():
+    from aelab.doctor import check
+
+    data = load_dataset(RunConfig.from_dict(VAE).data)
+    torch.manual_seed(0)
+    model = ExampleVAE()
+    with torch.no_grad():  # codes that vary across inputs, as a trained encoder's do
+        model.fc21.weight.mul_(30)
+    healthy = {f.id for f in check(model, data, "bce")}
+    assert "posterior-collapse" not in healthy and "log-variance-blowup" not in healthy
+    with torch.no_grad():  # the posterior is the prior whatever the input
+        for layer in (model.fc21, model.fc22):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    before = [p.detach().clone() for p in model.parameters()]
+    findings = {f.id: f for f in check(model, data, "bce")}
+    collapse = findings["posterior-collapse"]
+    assert collapse.severity == "error" and collapse.evidence["active_units"] == 0
+    assert "64 times its weight" in collapse.explanation  # the 8x8 digits' pixel count
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with torch.no_grad():
+        model.fc22.bias.fill_(20.0)
+    assert "log-variance-blowup" in {f.id for f in check(model, data, "bce")}
+
+
+def test_the_doctor_finds_posterior_collapse_in_training_and_names_beta(tmp_path):
+    from aelab.findings import read_findings
+
+    config = vae_config(train={"beta": 200.0, "epochs": 3})
+    train(config, tmp_path / "collapsed", progress=False, report=False)
+    findings = {f.id: f for f in read_findings(tmp_path / "collapsed")}
+    collapse = findings["posterior-collapse"]
+    assert "summed over pixels" in collapse.explanation and "beta = 200" in collapse.explanation
+    assert "train.beta: 1" in collapse.fix
+    healthy = vae_config(train={"epochs": 3})
+    train(healthy, tmp_path / "healthy", progress=False, report=False)
+    assert "posterior-collapse" not in {f.id for f in read_findings(tmp_path / "healthy")}
+
+
+def test_kl_vanishing_after_the_warm_up_is_found():
+    from aelab.doctor.posterior import PosteriorStats, posterior_findings
+
+    stats = PosteriorStats(images=100, kl_per_dim=[0.2, 0.1], active_units=2, log_variance_min=-1, log_variance_max=0)
+    history = [{"val_kl": kl} for kl in (5.0, 8.0, 3.0, 0.3)]
+    found = {f.id for f in posterior_findings(stats, {"kl_warmup_epochs": 2}, history)}
+    assert found == {"kl-vanishing"}
+    assert not posterior_findings(stats, {"kl_warmup_epochs": 2}, history[:3])

@@ -21,6 +21,7 @@ from aelab.errors import ConfigError, RunFolderError
 from aelab.findings import Finding, finding_key, read_findings
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import Autoencoder, build_model
+from aelab.nn.variational import is_variational
 from aelab.runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_run
 from aelab.sweep import SWEEP_FILE
 
@@ -34,6 +35,7 @@ from .monitor import (
     run_context,
     state_findings,
 )
+from .posterior import posterior_findings, posterior_in, posterior_stats
 from .probe import (
     PROBE_IMAGES,
     Layer,
@@ -157,7 +159,33 @@ def _check(
             after = state_findings(state, {"setup_errors": [f.id for f in before if f.severity == "error"]})
             if not state.nonfinite:  # on NaN nothing else is measured, so nothing else is missing
                 _note_unmeasured(model, layers, state, unchecked)
+    if pixels is not None:
+        after += _posterior_check(model, subject, targets)
     return before + after + ([_unchecked_finding(unchecked)] if unchecked else [])
+
+
+def _posterior_check(model: nn.Module, subject: Subject, targets: torch.Tensor) -> list[Finding]:
+    """The VAE checks (`aelab.doctor.posterior`) for an aelab VAE, or a model whose forward
+    returns its posterior's mean and log-variance beside the reconstruction ((recon, mu,
+    logvar), or a dict naming them); none for any other model."""
+    pixels = targets[0].numel()
+    try:
+        with eval_mode(model), torch.no_grad():
+            if is_variational(model):
+                mean, log_variance = model.posterior(targets)  # type: ignore[operator]
+                context: dict[str, Any] = {"summed_reconstruction": True, "pixels": pixels}
+            else:
+                shape = subject.input_shape
+                inputs = targets if shape is None else targets.reshape(targets.shape[0], *shape)
+                output = model(inputs)
+                found = posterior_in(output, reconstruction_in(output, inputs))
+                if found is None:
+                    return []
+                mean, log_variance = found
+                context = {"pixels": pixels}
+    except Exception:  # a user's forward may raise anything; the other checks said so already
+        return []
+    return posterior_findings(posterior_stats(mean, log_variance), context)
 
 
 def _model_placement(model: nn.Module, targets: torch.Tensor) -> dict[str, Any]:
