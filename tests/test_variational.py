@@ -287,3 +287,36 @@ def test_kl_vanishing_after_the_warm_up_is_found():
     found = {f.id for f in posterior_findings(stats, {"kl_warmup_epochs": 2}, history)}
     assert found == {"kl-vanishing"}
     assert not posterior_findings(stats, {"kl_warmup_epochs": 2}, history[:3])
+
+
+def test_the_report_shows_what_a_vae_generates_and_its_honest_scale(tmp_path):
+    config = vae_config(model={"latent_dim": 2})
+    train(config, tmp_path / "vae", progress=False, doctor=False)
+    page = (tmp_path / "vae" / "report.html").read_text()
+    assert "<h2>Variational autoencoders</h2>" in page
+    for figure in ("samples from the prior and interpolations", "the 2-D latent manifold", "ELBO terms by epoch"):
+        assert f'alt="{figure}' in page
+    assert "bce is a probability mass on {0, 1}" in page  # no bits per dimension, and why
+    from aelab.evaluate import evaluate_run
+
+    evaluation = evaluate_run(tmp_path / "vae")
+    assert evaluation.generation.manifold.shape[:2] == (15, 15)
+    assert evaluation.generation.samples.shape == (32, 1, 8, 8)
+    pixels = evaluation.generation.samples
+    assert float(pixels.min()) >= 0 and float(pixels.max()) <= 1  # the likelihood's mean
+
+
+def test_compare_grids_over_vae_and_beta(tmp_path, capsys):
+    import json
+
+    from aelab.cli import main
+
+    flags = ["--dataset", "digits", "--hidden", "16", "--latent", "2", "--activation", "relu", "--epochs", "1"]
+    flags += ["--lr", "3e-3", "--threads", "1", "--quiet", "--no-report"]
+    assert main(["compare", *flags, "--grid", "vae=false,true", "--out", str(tmp_path / "vae")]) == 0
+    rows = json.loads((tmp_path / "vae" / "results.json").read_text())
+    assert [row.get("elbo") is not None for row in rows] == [False, True]
+    assert main(["compare", *flags, "--vae", "--grid", "beta=0.5,4", "--out", str(tmp_path / "beta")]) == 0
+    rows = json.loads((tmp_path / "beta" / "results.json").read_text())
+    assert len(rows) == 2 and all(row["nll_samples"] == 100 for row in rows)
+    assert rows[0]["kl"] > rows[1]["kl"]  # a heavier KL weight: less KL

@@ -358,6 +358,13 @@ def count(number: int, noun: str) -> str:
 def validation_summary(loss: str, row: dict[str, Any]) -> str:
     """An epoch's validation numbers in one line: the training loss (with its floor and the
     excess over it where the floor is not zero), then MSE and BCE unless the loss is one."""
+    if "val_elbo" in row:  # a VAE: every term in nats per image
+        text = f"val -ELBO {-row['val_elbo']:.2f} nats per image (recon {row['val_recon']:.2f}, KL {row['val_kl']:.2f})"
+        if "val_nll" in row:
+            text += f"; IWAE NLL {row['val_nll']:.2f} (K={row['val_nll_samples']})"
+        if math.isfinite(row.get("val_bpd", math.nan)):
+            text += f"; {row['val_bpd']:.4f} bits per dimension"
+        return f"{text}; {row['val_active_units']} active units; val mse {row['val_mse']:.4f}"
     parts = [f"val {loss} {row['val_loss']:.4f}{_floor_text(row['val_loss'], row.get('val_loss_excess'))}"]
     if loss != "mse":
         parts.append(f"val mse {row['val_mse']:.4f}")

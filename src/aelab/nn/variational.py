@@ -268,6 +268,49 @@ def importance_weighted_nll(
     return torch.cat(nll), torch.cat(negative_elbo)
 
 
+# --- Generation: what the report shows of a VAE. Pixels are always the likelihood's mean.
+
+
+@torch.no_grad()
+def _pixels_of_codes(model: VariationalAutoencoder, codes: torch.Tensor) -> torch.Tensor:
+    return model.pixels(model.decode(codes))
+
+
+@torch.no_grad()
+def prior_samples(model: VariationalAutoencoder, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` images decoded from codes drawn from the prior N(0, I): (count, C, H, W) pixels."""
+    latent = model.to_mean.out_features  # type: ignore[union-attr]
+    device = next(model.parameters()).device
+    codes = torch.randn(count, latent, generator=generator, device=device)
+    return _pixels_of_codes(model, codes)
+
+
+@torch.no_grad()
+def interpolations(model: VariationalAutoencoder, images: torch.Tensor, steps: int) -> torch.Tensor:
+    """For consecutive pairs of `images` (2P, C, H, W), the pixels decoded along the straight
+    line between their posterior means, `steps` points from one to the other: (P, steps, C, H, W)."""
+    means = model.encode(images)  # (2P, L)
+    start, end = means[0::2], means[1::2]
+    weights = torch.linspace(0, 1, steps, device=means.device)[None, :, None]  # (1, steps, 1)
+    codes = start[:, None] + weights * (end - start)[:, None]  # (P, steps, L)
+    pairs = codes.shape[0]
+    return _pixels_of_codes(model, codes.reshape(pairs * steps, -1)).view(pairs, steps, *images.shape[1:])
+
+
+@torch.no_grad()
+def manifold_grid(model: VariationalAutoencoder, side: int) -> torch.Tensor:
+    """The 2-D latent manifold (Kingma & Welling 2014, figure 4; the Keras VAE example): codes
+    on a side x side grid of the prior's quantiles 0.05 .. 0.95 in each dimension, decoded:
+    (side, side, C, H, W) pixels, first dimension across, second upwards. Needs latent_dim 2."""
+    device = next(model.parameters()).device
+    quantiles = torch.linspace(0.05, 0.95, side, device=device)
+    values = torch.distributions.Normal(0.0, 1.0).icdf(quantiles)
+    rows, columns = torch.meshgrid(values.flip(0), values, indexing="ij")  # top row: the largest z_2
+    codes = torch.stack([columns.reshape(-1), rows.reshape(-1)], dim=1)
+    pixels = _pixels_of_codes(model, codes)
+    return pixels.view(side, side, *pixels.shape[1:])
+
+
 __all__ = [
     "VARIATIONAL_MODELS",
     "ConvVAE",
@@ -277,8 +320,11 @@ __all__ = [
     "build_variational",
     "elbo_terms",
     "importance_weighted_nll",
+    "interpolations",
     "is_variational",
     "kl_weight",
+    "manifold_grid",
+    "prior_samples",
     "reconstruction_nats",
     "sample_codes",
     "training_objective",
