@@ -282,7 +282,7 @@ def test_the_doctor_finds_posterior_collapse_in_training_and_names_beta(tmp_path
 def test_kl_vanishing_after_the_warm_up_is_found():
     from aelab.doctor.posterior import PosteriorStats, posterior_findings
 
-    stats = PosteriorStats(images=100, kl_per_dim=[0.2, 0.1], active_units=2, log_variance_min=-1, log_variance_max=0)
+    stats = PosteriorStats(images=100, kl_per_dim=[0.2, 0.9], active_units=2, log_variance_min=-1, log_variance_max=0)
     history = [{"val_kl": kl} for kl in (5.0, 8.0, 3.0, 0.3)]
     found = {f.id for f in posterior_findings(stats, {"kl_warmup_epochs": 2}, history)}
     assert found == {"kl-vanishing"}

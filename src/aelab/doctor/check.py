@@ -35,7 +35,7 @@ from .monitor import (
     run_context,
     state_findings,
 )
-from .posterior import posterior_findings, posterior_in, posterior_stats
+from .posterior import posterior_findings, posterior_in, posterior_stats, vae_context
 from .probe import (
     PROBE_IMAGES,
     Layer,
@@ -421,14 +421,19 @@ def diagnose_run(
     targets = probe_targets(data, config)
     subject = Subject(run.model, config.train.loss)
     layers = trace_layers(subject, targets)
-    initial = weight_norms(build_model(config.model, data.image_shape, seed=config.train.seed))
+    initial = weight_norms(build_model(config.model, data.image_shape, seed=config.train.seed, loss=config.train.loss))
     epoch = len(run.history) or None
     state = measure(subject, baseline(targets, config.train.loss), layers, initial, "initial", epoch=epoch)
     context = run_context(config, setting)
     context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in run.history], state)
     before = setup_findings(config_setup(config, subject, targets, data, setting))
     context["setup_errors"] = [f.id for f in before if f.severity == "error"]
-    return before + state_findings(state, context)
+    found = state_findings(state, context)
+    if is_variational(run.model) and not state.nonfinite:
+        with eval_mode(run.model), torch.no_grad():
+            stats = posterior_stats(*run.model.posterior(targets))  # type: ignore[operator]
+        found += posterior_findings(stats, vae_context(config, targets[0].numel(), setting), run.history, epoch)
+    return before + found
 
 
 def recheck_run(

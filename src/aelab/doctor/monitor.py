@@ -665,7 +665,7 @@ class Doctor(Callback):
         finally:
             model.train(was_training)
         context = vae_context(trainer.config, probe[0].numel(), self.setting)
-        return posterior_findings(stats, context, trainer.history)
+        return posterior_findings(stats, context, trainer.history, trainer.epoch)
 
     def on_epoch_end(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
         state = self._update(trainer, run_dir)

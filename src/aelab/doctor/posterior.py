@@ -25,7 +25,9 @@ from aelab.evaluate.variational import ACTIVE_UNIT_VARIANCE
 from aelab.findings import Finding
 from aelab.losses import gaussian_kl
 
-KL_NEAR_ZERO = 0.1  # nats per image: a posterior this close to the prior carries almost nothing
+# nats per image: a code whose KL to the prior is under 1 nat carries under 1.44 bits about its
+# input, too little to tell three inputs apart
+KL_NEAR_ZERO = 1.0
 VANISHED_SHARE = 0.1  # the KL fell below this share of its peak after the warm-up
 LOG_VARIANCE_LIMIT = 15.0  # |log-variance| beyond this: variances of e^15 (3e6) or e^-15 (3e-7)
 
@@ -123,11 +125,15 @@ def _cause_text(context: Mapping[str, Any]) -> str:
 
 
 def posterior_findings(
-    stats: PosteriorStats, context: Mapping[str, Any] | None = None, history: Sequence[Mapping[str, Any]] = ()
+    stats: PosteriorStats,
+    context: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
+    epoch: int | None = None,
 ) -> list[Finding]:
     """Findings about a VAE's posterior. context: what the run says about the objective (beta,
     kl_warmup_epochs, pixels, summed_reconstruction: aelab's own objective, setting: how a fix
-    names a setting); history: metrics rows with val_kl, for the vanishing check."""
+    names a setting); history: metrics rows with val_kl, for the vanishing check; epoch: the epoch
+    the findings are seen at (None: not in training)."""
     context = context or {}
     setting = context.get("setting") or (lambda key, value=None: key if value is None else f"{key}: {value}")
     found: list[Finding] = []
@@ -161,11 +167,12 @@ def posterior_findings(
                 ),
                 evidence=evidence,
                 explanation=(
-                    f"The encoder's posterior q(z|x) is the prior N(0, 1) for every input: the KL to the prior is "
-                    f"{stats.kl:.3f} nats per image and only {stats.active_units} of {stats.latent_dim} dimensions' "
-                    f"means vary across images by more than {ACTIVE_UNIT_VARIANCE} (Burda et al.'s active units), so "
-                    "the code carries nothing and the decoder draws about the same picture whatever the input. The "
-                    f"KL term won against the reconstruction: {_cause_text(context)}."
+                    f"The encoder's posterior q(z|x) is about the prior N(0, 1) for every input: the KL to the prior "
+                    f"is {stats.kl:.3f} nats per image (under {KL_NEAR_ZERO:g}: the code cannot tell even three inputs "
+                    f"apart); {stats.active_units} of {stats.latent_dim} dimensions' "
+                    f"means vary across images by more than {ACTIVE_UNIT_VARIANCE} (Burda et al.'s active units). So "
+                    "the code carries almost nothing and the decoder draws about the same picture whatever the "
+                    f"input. The KL term won against the reconstruction: {_cause_text(context)}."
                 ),
                 fix="; ".join(fixes),
             )
@@ -215,7 +222,7 @@ def posterior_findings(
                 fix="lower the learning rate, or clamp the log-variance head's output (e.g. to [-10, 10])",
             )
         )
-    return found
+    return [Finding(**{**finding.to_dict(), "epoch": epoch}) for finding in found]
 
 
 def vae_context(config: Any, pixels: int, setting: Any = None) -> dict[str, Any]:
