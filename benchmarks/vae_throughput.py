@@ -9,6 +9,7 @@ on the bundled MNIST test images (8,000 training and 2,000 validation images), 2
 
     python benchmarks/vae_throughput.py              # speed: interleaved epochs, about a minute
     python benchmarks/vae_throughput.py --reproduce  # 10 epochs of each, validation -ELBO
+    python benchmarks/vae_throughput.py --iwae       # seconds for the IWAE estimate, K = 100
     python benchmarks/vae_throughput.py --quick      # a smoke check
 
 Speed: the two loops' epochs are interleaved and each figure is the median over repeats of one
@@ -222,13 +223,36 @@ def reproduce(epochs: int) -> None:
     print(f"  difference       {-last['val_elbo'] - reference_elbo:+9.3f}   (goal: within 1.5)")
 
 
+def iwae_cost(samples: int = 100) -> None:
+    """Seconds for the IWAE estimate with K = `samples` on the 2,000 validation images."""
+    from aelab.evaluate import Validation
+    from aelab.likelihoods import LIKELIHOODS
+    from aelab.nn.models import build_model
+    from aelab.nn.variational import importance_weighted_nll
+
+    config = RunConfig.from_dict(CONFIG)
+    data = load_dataset(config.data)
+    validation = Validation.build(data, config.data, config.train.seed + 2)
+    model = build_model(config.model, data.image_shape, loss="bce").eval()
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    with torch.no_grad():
+        for _, images in validation.chunks():
+            importance_weighted_nll(model, LIKELIHOODS["bce"], images, generator, samples)
+    seconds = time.perf_counter() - started
+    print(f"IWAE K={samples} on {validation.count} validation images, {THREADS} threads: {seconds:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reproduce", action="store_true", help="10 epochs of each, validation -ELBO")
+    parser.add_argument("--iwae", action="store_true", help="the cost of val_nll's IWAE estimate, K = 100")
     parser.add_argument("--quick", action="store_true", help="a smoke check")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    if args.reproduce:
+    if args.iwae:
+        iwae_cost()
+    elif args.reproduce:
         reproduce(1 if args.quick else EPOCHS)
     else:
         speed(2 if args.quick else 7)

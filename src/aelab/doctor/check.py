@@ -89,6 +89,10 @@ def check(
     loss: the reconstruction loss you train with, a key of `aelab.LIKELIHOODS` ("bce", "mse", ...).
     from_logits: True when the model returns logits (trained with BCEWithLogitsLoss), False when
         it returns pixels (after its own sigmoid, softmax, ...).
+    A VAE (an aelab one, or one whose forward returns its posterior's mean and log-variance
+    beside the reconstruction: pytorch/examples' (recon, mu, logvar), or a dict naming `mu` and
+    `logvar`) also gets the posterior checks (`aelab.doctor.posterior`: collapse, log-variance
+    blow-up), on the means and log-variances of the probe images.
     Weight norms are compared with PyTorch's default initialisation of the same layers. Every
     forward pass runs in eval mode, and the model is left exactly as it was found: each
     submodule's train/eval mode, parameters, buffers (BatchNorm's running statistics), .grad
