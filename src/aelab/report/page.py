@@ -187,7 +187,7 @@ def _vae_rows(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> list[
             {
                 "label": label,
                 "loss": evaluation.config.train.loss,
-                "elbo": f"{metrics['elbo']:.2f}",
+                "negative_elbo": f"{-metrics['elbo']:.2f}",
                 "recon": f"{metrics['recon']:.2f}",
                 "kl": f"{metrics['kl']:.2f}",
                 "nll": f"{metrics['nll']:.2f}" if "nll" in metrics else "",
