@@ -64,12 +64,19 @@ OTHER: dict[str, object] = {
     "train.noise": "mask:0.3",
     "train.sparsity": "l1:0.01",
     "train.contractive": 0.1,
+    "model.variational": True,
+    "train.beta": 4.0,
+    "train.kl_warmup_epochs": 5,
+    "train.free_bits": 0.5,
 }
 # Fields whose other value needs a companion to validate (threshold needs binarize threshold,
 # momentum an optimizer that has one).
 COMPANIONS: dict[str, dict[str, object]] = {
     "data.threshold": {"data.binarize": "threshold"},
     "train.momentum": {"train.optimizer": "sgd"},
+    "train.beta": {"model.variational": True},
+    "train.kl_warmup_epochs": {"model.variational": True},
+    "train.free_bits": {"model.variational": True},
 }
 
 

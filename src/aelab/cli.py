@@ -54,6 +54,11 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
     ("model", "output_activation", "output activation, softmax allowed"),
     ("model", "init", "weight init: glorot_uniform, glorot_normal, he_uniform, he_normal, torch_default"),
     (
+        "model",
+        "variational",
+        "a variational autoencoder: Gaussian codes, trained on the negative ELBO (--vae alone: true; see --beta)",
+    ),
+    (
         "train",
         "loss",
         "the likelihood: bce, mse, mae, cb; with a learned scale gaussian, gaussian-pixel, laplace, "
@@ -89,6 +94,9 @@ RUN_OPTION_HELP: list[tuple[str, str, str]] = [
         "none (default)",
     ),
     ("train", "contractive", "contractive: weight of the encoder Jacobian's squared Frobenius norm (0: off)"),
+    ("train", "beta", "VAE: the KL term's weight (1: the ELBO; beta-VAE above 1)"),
+    ("train", "kl_warmup_epochs", "VAE: raise the KL weight linearly to beta over N epochs"),
+    ("train", "free_bits", "VAE: nats per latent dimension of KL left unpenalised"),
 ]
 # (flag, section, key, help) for every option of a RunConfig. Every value is parsed by
 # `aelab.config.parse_field`, as grid values are.
@@ -157,6 +165,10 @@ METAVARS = {
     "--noise": "KIND:LEVEL",
     "--sparsity": "KIND[:...]",
     "--contractive": "WEIGHT",
+    "--beta": "BETA",
+    "--kl-warmup-epochs": "N",
+    "--free-bits": "NATS",
+    "--vae": "BOOL",
 }
 # --help's words for run options whose config default is None.
 NONE_DEFAULTS = {
@@ -228,6 +240,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         default = _default_text(getattr(getattr(defaults, section), key), key)
         if default is not None and "(default:" not in text:
             text = f"{text} (default: {default})"
+        # A true-or-false field given alone means true (`--vae`); it also takes a value (`--vae false`).
+        switch = {"nargs": "?", "const": "true"} if isinstance(getattr(getattr(defaults, section), key), bool) else {}
         parser.add_argument(
             flag,
             dest=f"opt_{key}",
@@ -236,6 +250,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
             default=None,
             metavar=METAVARS.get(flag, key.upper()),
             help=text,
+            **switch,
         )
     parser.add_argument("--raw-pixels", action="store_true", help="keep 0..255 values (the forgot-to-divide mistake)")
     parser.add_argument("--tied", action="store_true", default=None, help="dense decoder reuses encoder weights")
@@ -364,6 +379,13 @@ def count(number: int, noun: str) -> str:
 def validation_summary(loss: str, row: dict[str, Any]) -> str:
     """An epoch's validation numbers in one line: the training loss (with its floor and the
     excess over it where the floor is not zero), then MSE and BCE unless the loss is one."""
+    if "val_elbo" in row:  # a VAE: every term in nats per image
+        text = f"val -ELBO {-row['val_elbo']:.2f} nats per image (recon {row['val_recon']:.2f}, KL {row['val_kl']:.2f})"
+        if "val_nll" in row:
+            text += f"; IWAE NLL {row['val_nll']:.2f} (K={row['val_nll_samples']})"
+        if math.isfinite(row.get("val_bpd", math.nan)):
+            text += f"; {row['val_bpd']:.4f} bits per dimension"
+        return f"{text}; {row['val_active_units']} active units; val mse {row['val_mse']:.4f}"
     parts = [f"val {loss} {row['val_loss']:.4f}{_floor_text(row['val_loss'], row.get('val_loss_excess'))}"]
     if loss != "mse":
         parts.append(f"val mse {row['val_mse']:.4f}")

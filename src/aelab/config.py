@@ -136,6 +136,9 @@ class ModelConfig:
     output_activation: turns the decoder's logits into pixels.
     init: weight initialisation, a key of `aelab.nn.models.INITS`.
     tied: the dense decoder reuses the encoder's transposed weights.
+    variational: a variational autoencoder (`aelab.nn.variational`): the encoder gives a
+        Gaussian's mean and log-variance of the code, training draws the code from it and
+        minimises the negative ELBO (train.beta, train.kl_warmup_epochs, train.free_bits).
     """
 
     kind: str = "dense"
@@ -146,6 +149,7 @@ class ModelConfig:
     output_activation: str = "sigmoid"
     init: str = "glorot_uniform"
     tied: bool = False
+    variational: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden_dims", tuple(int(h) for h in self.hidden_dims))
@@ -155,6 +159,13 @@ class ModelConfig:
         _check(self.latent_dim >= 1, f"model.latent_dim must be at least 1, got {self.latent_dim}")
         if self.kind == "conv":
             _check(len(self.hidden_dims) >= 1, "model.hidden_dims must list at least one channel count for conv")
+        if self.variational:
+            _check(not self.tied, "model.tied applies to plain autoencoders only; drop model.tied for a VAE")
+            _check(
+                self.code_activation is None,
+                "model.code_activation does not apply to a VAE (its code is a Gaussian's mean and log-variance); "
+                "drop model.code_activation",
+            )
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,13 @@ class TrainConfig:
         (`aelab.regularizers.PENALTIES`).
     contractive: the weight of the contractive penalty (the encoder Jacobian's squared
         Frobenius norm); 0 is off.
+    beta: the KL term's weight in a VAE's objective (Higgins et al. 2017's beta-VAE; 1: the ELBO).
+    kl_warmup_epochs: the KL weight rises linearly over this many epochs, beta * e / N in
+        epoch e = 1..N, then beta (Bowman et al. 2016); 0: no warm-up.
+    free_bits: nats per latent dimension below which a dimension's KL (its mean over the batch)
+        is not penalised (Kingma et al. 2016, "Improved variational inference with inverse
+        autoregressive flow"); 0: none.
+    The last three apply to VAEs only (model.variational).
     """
 
     loss: str = "bce"
@@ -196,6 +214,9 @@ class TrainConfig:
     noise: str = "none"
     sparsity: str = "none"
     contractive: float = 0.0
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0
+    free_bits: float = 0.0
 
     def __post_init__(self) -> None:
         _check_finite(self, "train")
@@ -224,6 +245,9 @@ class TrainConfig:
             self.engine in ("auto", "autograd", "fast"),
             f"train.engine must be auto, autograd or fast, got {self.engine!r}",
         )
+        _check(self.beta >= 0, f"train.beta must be non-negative, got {self.beta}")
+        _check(self.kl_warmup_epochs >= 0, f"train.kl_warmup_epochs must be non-negative, got {self.kl_warmup_epochs}")
+        _check(self.free_bits >= 0, f"train.free_bits must be non-negative, got {self.free_bits}")
 
 
 @dataclass(frozen=True)
@@ -354,6 +378,7 @@ ALIASES: dict[str, str] = {
     "hidden": "model.hidden_dims",
     "latent": "model.latent_dim",
     "lr": "train.learning_rate",
+    "vae": "model.variational",
 }
 NONE_WORDS = ("none", "null")  # text that means None for a field that may be None
 

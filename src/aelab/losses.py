@@ -452,3 +452,11 @@ def beta_at_best_concentration(mean: torch.Tensor, target: torch.Tensor) -> torc
 def constant_floor(value: float) -> FloorFn:
     """A floor of `value` nats per pixel for every sample."""
     return lambda target: torch.full((target.shape[0],), value, dtype=target.dtype, device=target.device)
+
+
+def gaussian_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(log_variance)) || N(0, 1)) per latent dimension, in nats, elementwise:
+    (exp(lv) + mean^2 - 1 - lv) / 2 (Kingma & Welling 2014, appendix B). Shape of `mean`,
+    (B, latent_dim); the caller sums over dimensions for the KL per image."""
+    _check_shapes(mean, log_variance)
+    return 0.5 * (log_variance.exp() + mean.square() - 1.0 - log_variance)

@@ -5,7 +5,8 @@ numbers that show it, and says what to change.
   softmax, BCE floor, code width).
 - `Doctor`: a `train.Callback` that runs those checks and monitors every epoch (blob, dead and
   saturated units, weight norms, gradients, NaN/Inf), keeping `findings.json` in the run folder.
-- `check(model, data, loss=...)`: the same checks on any PyTorch autoencoder.
+- `check(model, data, loss=...)`: the same checks on any PyTorch autoencoder (a VAE returning
+  `(recon, mu, logvar)` also gets the posterior checks of `aelab.doctor.posterior`).
 - `diagnose_run(run_dir)`: the checks again, from a run folder alone; `recheck_run` also saves them.
 """
 

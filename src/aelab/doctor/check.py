@@ -21,6 +21,7 @@ from aelab.errors import ConfigError, RunFolderError
 from aelab.findings import Finding, finding_key, read_findings
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import Autoencoder, build_model
+from aelab.nn.variational import is_variational
 from aelab.runs import CHECKPOINT_FILE, CONFIG_FILE, MODEL_FILE, load_run
 from aelab.sweep import SWEEP_FILE
 
@@ -34,6 +35,7 @@ from .monitor import (
     run_context,
     state_findings,
 )
+from .posterior import posterior_findings, posterior_in, posterior_stats, vae_context
 from .probe import (
     PROBE_IMAGES,
     Layer,
@@ -87,6 +89,10 @@ def check(
     loss: the reconstruction loss you train with, a key of `aelab.LIKELIHOODS` ("bce", "mse", ...).
     from_logits: True when the model returns logits (trained with BCEWithLogitsLoss), False when
         it returns pixels (after its own sigmoid, softmax, ...).
+    A VAE (an aelab one, or one whose forward returns its posterior's mean and log-variance
+    beside the reconstruction: pytorch/examples' (recon, mu, logvar), or a dict naming `mu` and
+    `logvar`) also gets the posterior checks (`aelab.doctor.posterior`: collapse, log-variance
+    blow-up), on the means and log-variances of the probe images.
     Weight norms are compared with PyTorch's default initialisation of the same layers. Every
     forward pass runs in eval mode, and the model is left exactly as it was found: each
     submodule's train/eval mode, parameters, buffers (BatchNorm's running statistics), .grad
@@ -162,7 +168,33 @@ def _check(
             after = state_findings(state, {"setup_errors": [f.id for f in before if f.severity == "error"]})
             if not state.nonfinite:  # on NaN nothing else is measured, so nothing else is missing
                 _note_unmeasured(model, layers, state, unchecked)
+    if pixels is not None:
+        after += _posterior_check(model, subject, targets)
     return before + after + ([_unchecked_finding(unchecked)] if unchecked else [])
+
+
+def _posterior_check(model: nn.Module, subject: Subject, targets: torch.Tensor) -> list[Finding]:
+    """The VAE checks (`aelab.doctor.posterior`) for an aelab VAE, or a model whose forward
+    returns its posterior's mean and log-variance beside the reconstruction ((recon, mu,
+    logvar), or a dict naming them); none for any other model."""
+    pixels = targets[0].numel()
+    try:
+        with eval_mode(model), torch.no_grad():
+            if is_variational(model):
+                mean, log_variance = model.posterior(targets)  # type: ignore[operator]
+                context: dict[str, Any] = {"summed_reconstruction": True, "pixels": pixels}
+            else:
+                shape = subject.input_shape
+                inputs = targets if shape is None else targets.reshape(targets.shape[0], *shape)
+                output = model(inputs)
+                found = posterior_in(output, reconstruction_in(output, inputs))
+                if found is None:
+                    return []
+                mean, log_variance = found
+                context = {"pixels": pixels}
+    except Exception:  # a user's forward may raise anything; the other checks said so already
+        return []
+    return posterior_findings(posterior_stats(mean, log_variance), context)
 
 
 def _model_placement(model: nn.Module, targets: torch.Tensor) -> dict[str, Any]:
@@ -405,7 +437,12 @@ def diagnose_run(
     context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in run.history], state)
     before = setup_findings(config_setup(config, subject, targets, data, setting))
     context["setup_errors"] = [f.id for f in before if f.severity == "error"]
-    return before + state_findings(state, context)
+    found = state_findings(state, context)
+    if is_variational(run.model) and not state.nonfinite:
+        with eval_mode(run.model), torch.no_grad():
+            stats = posterior_stats(*run.model.posterior(targets))  # type: ignore[operator]
+        found += posterior_findings(stats, vae_context(config, targets[0].numel(), setting), run.history, epoch)
+    return before + found
 
 
 def recheck_run(

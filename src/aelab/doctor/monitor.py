@@ -20,10 +20,12 @@ from aelab.errors import SetupFindingsError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
 from aelab.findings import Finding, read_findings, save_findings
 from aelab.likelihoods import get_likelihood
+from aelab.nn.variational import is_variational
 from aelab.regularizers import Regularization
 from aelab.train import TrainResult
 from aelab.train.state import RunState
 
+from .posterior import POSTERIOR_IDS, posterior_findings, posterior_stats, vae_context
 from .probe import (
     EPOCH_GRADIENT_IMAGES,
     EPOCH_PROBE_IMAGES,
@@ -55,7 +57,7 @@ EXPLODING_RELATIVE = 10.0  # a layer whose gradient norm is this many times its 
 STATE_IDS = ("non-finite", "blob", "dead-units", "saturation", "weight-collapse", "vanishing-gradients",
              "exploding-gradients")  # fmt: skip
 SETUP_IDS = ("input-range", "bce-target-range", "softmax-output", "output-range", "bce-floor", "code-too-wide")
-DOCTOR_IDS = frozenset(STATE_IDS + SETUP_IDS)
+DOCTOR_IDS = frozenset(STATE_IDS + SETUP_IDS + POSTERIOR_IDS)
 
 
 @dataclass
@@ -641,6 +643,8 @@ class Doctor(Callback):
         context["epochs_near_mean_image"] = epochs_near_mean_image([row["val_loss"] for row in trainer.history], state)
         context["setup_errors"] = [f.id for f in self.setup if f.severity == "error"]
         found = state_findings(state, context)
+        if is_variational(trainer.model) and not state.nonfinite:
+            found += self._posterior(trainer, whole)
         streaks = {}
         for finding in found:
             key = (finding.id, finding.evidence.get("layer"))
@@ -650,6 +654,20 @@ class Doctor(Callback):
         self.findings = self.setup + found
         self._save(run_dir)
         return state
+
+    def _posterior(self, trainer: RunState, whole: bool) -> list[Finding]:
+        """A VAE's posterior checks on the probe (the epoch probe, or with `whole` all of it)."""
+        probe = self._probe if whole else self._probe[:EPOCH_PROBE_IMAGES]
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                stats = posterior_stats(*model.posterior(probe))  # type: ignore[operator]
+        finally:
+            model.train(was_training)
+        context = vae_context(trainer.config, probe[0].numel(), self.setting)
+        return posterior_findings(stats, context, trainer.history, trainer.epoch)
 
     def on_epoch_end(self, trainer: RunState, row: Mapping[str, Any], run_dir: Path | None) -> dict[str, Any]:
         state = self._update(trainer, run_dir)

@@ -28,8 +28,10 @@ from aelab.errors import AelabError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
 from aelab.evaluate.regularized import denoising_metrics, reconstruct_noisy
 from aelab.evaluate.validation import Validation, evaluate, model_forward, reconstruct
+from aelab.evaluate.variational import CHEAP_VARIATIONAL_METRICS, FULL_VARIATIONAL_METRICS, bpd_problem
 from aelab.findings import Finding, read_findings
 from aelab.likelihoods import LIKELIHOODS, Likelihood, get_likelihood
+from aelab.nn.variational import VariationalAutoencoder, interpolations, is_variational, manifold_grid, prior_samples
 from aelab.regularizers import parse_noise
 from aelab.runs import load_config, load_run, model_digest, read_metrics, read_status
 
@@ -42,6 +44,18 @@ CODE_POINTS = 2000  # validation codes drawn in the PCA view
 
 # Mean output this far below the data's mean (as a share of it) counts as a dimmed image.
 DIM_SHARE = 0.25
+
+
+@dataclass
+class Generation:
+    """What a VAE generates, as pixels (its likelihood's mean): samples from the prior
+    (N, C, H, W), interpolations between pairs of validation codes (P, steps, C, H, W), and
+    for a 2-D code the latent manifold grid (side, side, C, H, W), else None."""
+
+    samples: torch.Tensor
+    interpolations: torch.Tensor
+    manifold: torch.Tensor | None
+    bpd_note: str | None = None  # why the run has no bits per dimension (`bpd_problem`), or None
 
 
 @dataclass
@@ -66,6 +80,7 @@ class Evaluation:
     codes_2d: np.ndarray | None = None  # (M, 2) validation codes projected on their top 2 PCs
     code_labels: np.ndarray | None = None  # (M,) labels, or None
     explained: tuple[float, float] | None = None  # variance share of the 2 PCs
+    generation: Generation | None = None  # a VAE's pictures, None for other models
 
     @property
     def name(self) -> str:
@@ -239,6 +254,9 @@ def _evaluate(run_dir: Path, cache: _DataCache, data: ImagesLike | None) -> Eval
     evaluation.codes_2d, evaluation.explained = _pca_2d(shown)
     if data.val_labels is not None:
         evaluation.code_labels = data.val_labels[: shown.shape[0]].numpy()
+    if is_variational(model):
+        evaluation.generation = _generation(model, targets[index])  # type: ignore[arg-type]
+        evaluation.generation.bpd_note = bpd_problem(likelihood, validation)
     return evaluation
 
 
@@ -264,6 +282,25 @@ def _denoising(
     )
 
 
+GENERATED_SAMPLES = 32
+INTERPOLATION_STEPS = 10
+MANIFOLD_SIDE = 15
+GENERATION_SEED = 20261
+
+
+def _generation(model: VariationalAutoencoder, shown: torch.Tensor) -> Generation:
+    """A VAE's pictures for the report: prior samples from a fixed seed, and interpolations
+    between the shown validation images taken in pairs."""
+    generator = torch.Generator().manual_seed(GENERATION_SEED)
+    pairs = shown[: 2 * min(4, shown.shape[0] // 2)]
+    latent = model.encode(shown[:1]).shape[1]
+    return Generation(
+        samples=prior_samples(model, GENERATED_SAMPLES, generator).cpu(),
+        interpolations=interpolations(model, pairs, INTERPOLATION_STEPS).cpu(),
+        manifold=manifold_grid(model, MANIFOLD_SIDE).cpu() if latent == 2 else None,
+    )
+
+
 def _saved_row(
     run_dir: Path, status: dict[str, Any], history: list[dict[str, Any]], config: RunConfig
 ) -> dict[str, float] | None:
@@ -281,7 +318,10 @@ def _saved_row(
     row = history[epoch - 1]
     if any(key not in row for key in FULL_METRICS):
         return None
-    return {key: float(row[key]) for key in FULL_METRICS}
+    saved = {key: float(row[key]) for key in FULL_METRICS}
+    # a VAE's own numbers (aelab.evaluate.variational), as training recorded them
+    saved.update({key: row[key] for key in VARIATIONAL_METRICS if key in row})
+    return saved
 
 
 # Every key `evaluate(full=True)` returns, in its order.
@@ -289,6 +329,9 @@ FULL_METRICS = (
     "val_loss", "val_loss_excess", "val_mse", "val_mae", "val_bce", "val_bce_excess", "val_cb_nll", "val_psnr",
     "val_ssim", "val_intensity_bias", "val_blob_score", "val_sharpness",
 )  # fmt: skip
+
+
+VARIATIONAL_METRICS = CHEAP_VARIATIONAL_METRICS + FULL_VARIATIONAL_METRICS
 
 
 def _encode(model: torch.nn.Module, images: torch.Tensor, chunk: int = 2048) -> torch.Tensor:

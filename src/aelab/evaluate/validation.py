@@ -9,6 +9,10 @@ floats one chunk of EVAL_CHUNK images at a time, and what depends on the targets
 once: each chunk's BCE floor, each likelihood's floor, the targets' spread (for the blob score
 and sharpness) and the data range.
 
+A VAE (`aelab.nn.variational`) is scored through its posterior mean's reconstruction like any
+model, and gets its own metrics besides (`aelab.evaluate.variational`): its val_loss is then its
+negative ELBO in nats per image.
+
 `evaluate(..., full=False)` gives the numbers a training epoch needs (CHEAP_METRICS: the
 validation loss and its excess over the floor, MSE and the blob score, the curves the report
 draws); `full=True` adds every equal-footing metric. Both share one pass, so the cheap numbers
@@ -28,6 +32,7 @@ from aelab.data import ImageData, prepare_batch
 from aelab.evaluate.metrics import ImageSpread, SetStatistics, image_metrics
 from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import bce_floor
+from aelab.nn.variational import VariationalAutoencoder, is_variational
 
 EVAL_CHUNK = 256  # images per forward pass and metrics pass: bounds the temporaries
 
@@ -119,7 +124,8 @@ class Validation:
 
 
 def model_forward(model: torch.nn.Module) -> Forward:
-    """How an aelab `Autoencoder` is scored: its logits as its likelihood reads them."""
+    """How an aelab `Autoencoder` is scored: its logits as its likelihood reads them (a VAE's:
+    those of its posterior mean's decoding)."""
     return lambda images: model.loss_input(model(images))  # type: ignore[operator]
 
 
@@ -149,9 +155,11 @@ def evaluate(
     """A model's validation metrics, keyed as in metrics.jsonl (val_*).
 
     full=False: CHEAP_METRICS only. full=True: also every metric of `image_metrics` and the
-    sharpness. The model is run in eval mode and put back in the mode it had. `forward`: how
+    sharpness. A VAE also gets `aelab.evaluate.variational`'s metrics (cheap or full alike)
+    unless `forward` is given. The model is run in eval mode and put back in the mode it had. `forward`: how
     to run it (default `model_forward(model)`)."""
     likelihood = LIKELIHOODS[likelihood] if isinstance(likelihood, str) else likelihood
+    as_aelab_runs_it = forward is None  # a VAE's own metrics need its posterior
     forward = forward or model_forward(model)
     statistics = SetStatistics(target=validation.spread, edges=full)
     was_training = model.training
@@ -183,8 +191,33 @@ def evaluate(
         means["sharpness"] = statistics.sharpness()
     val_loss = means.pop("loss")
     floor = validation.floor(likelihood)
-    return {
+    metrics: dict[str, Any] = {
         "val_loss": val_loss,
         "val_loss_excess": val_loss - floor if math.isfinite(floor) else math.nan,
         **{f"val_{name}": value for name, value in means.items()},
     }
+    if as_aelab_runs_it and is_variational(model):
+        metrics.update(_variational_rows(model, likelihood, validation, floor, full))  # type: ignore[arg-type]
+    return metrics
+
+
+def _variational_rows(
+    model: VariationalAutoencoder, likelihood: Likelihood, validation: Validation, floor: float, full: bool
+) -> dict[str, Any]:
+    """A VAE's metrics (`aelab.evaluate.variational`); its val_loss is its negative ELBO in nats
+    per image (what it trains on, at beta 1), and val_loss_excess that less the likelihood's
+    floor summed over pixels, a lower bound of the negative ELBO since the KL is >= 0."""
+    from aelab.evaluate.variational import variational_metrics
+
+    was_training = model.training
+    model.eval()
+    try:
+        rows = variational_metrics(model, likelihood, validation, full=full)
+    finally:
+        model.train(was_training)
+    val_loss = -rows["val_elbo"]
+    pixels = validation.stored[0].numel()
+    floor_nats = (floor + likelihood.density_constant) * pixels
+    rows["val_loss"] = val_loss
+    rows["val_loss_excess"] = val_loss - floor_nats if math.isfinite(floor) else math.nan
+    return rows

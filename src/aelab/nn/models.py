@@ -244,6 +244,8 @@ def build_model(
         It also shapes the model: the decoder outputs the likelihood's `decoded_parameters`
         values per pixel, and its shared parameters (a learned sigma) become the model's
         `likelihood_parameters`, starting at zero (raw values: sigma = 1).
+    config.variational: a VAE of `config.kind` (`aelab.nn.variational`), its decoder giving the
+        likelihood's decoded parameters per pixel in the same way.
     The seed drives initialisation through a private RNG scope, so building a model leaves the
     global torch RNG as it was."""
     likelihood = get_likelihood(loss) if loss is not None else None
@@ -256,7 +258,11 @@ def build_model(
         # which this scope does not restore.
         torch.random.default_generator.manual_seed(seed)
         values = likelihood.decoded_parameters if likelihood is not None else 1
-        if values == 1:
+        if config.variational:
+            from aelab.nn.variational import build_variational  # it builds on Autoencoder, defined here
+
+            model: Autoencoder = build_variational(config, image_shape, values)
+        elif values == 1:
             model = MODELS[config.kind](config, image_shape)
         else:
             check_model_fits_loss(config, loss)  # type: ignore[arg-type]

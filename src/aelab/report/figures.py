@@ -257,3 +257,100 @@ def figure_loss_shapes() -> str:
     from aelab.report.loss_curves import plot_loss_curves
 
     return "data:image/png;base64," + base64.b64encode(plot_loss_curves()).decode("ascii")
+
+
+# --- a VAE's figures (runs without a `generation` are left out of them)
+
+
+def _tile(images: np.ndarray, columns: int, gap: int = 1) -> np.ndarray:
+    """(N, H, W) images (or (N, H, W, C)) as one picture of `columns` per row, 1-pixel gaps."""
+    count, height, width = images.shape[:3]
+    rows = math.ceil(count / columns)
+    shape = (rows * (height + gap) - gap, columns * (width + gap) - gap, *images.shape[3:])
+    canvas = np.ones(shape, dtype=np.float32) * float(images.max(initial=1.0))
+    for index in range(count):
+        row, column = divmod(index, columns)
+        top, left = row * (height + gap), column * (width + gap)
+        canvas[top : top + height, left : left + width] = images[index]
+    return canvas
+
+
+def _vaes(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> list[tuple[Evaluation, str]]:
+    return [(e, label) for e, label in zip(evaluations, labels, strict=True) if e.generation is not None]
+
+
+def figure_generation(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> str | None:
+    """Per VAE run: samples from the prior (left) and interpolations between the posterior
+    means of pairs of validation images (right, one pair per row), as the likelihood's mean."""
+    shown = _vaes(evaluations, labels)
+    if not shown:
+        return None
+    figure, axes = _subplots(len(shown), 2, (11, 2.6 * len(shown)))
+    for row, (evaluation, label) in enumerate(shown):
+        generation = evaluation.generation
+        assert generation is not None
+        samples = _image_array(generation.samples)
+        steps = generation.interpolations.shape[1]
+        lines = _image_array(generation.interpolations.flatten(0, 1))
+        for axis, picture, title in (
+            (axes[row][0], _tile(samples, 8), f"{label}: samples from the prior N(0, I)"),
+            (axes[row][1], _tile(lines, steps), f"{label}: interpolations between validation codes"),
+        ):
+            axis.imshow(picture, cmap="gray", vmin=0, vmax=max(1.0, float(picture.max())), interpolation="nearest")
+            axis.set_title(title, fontsize=9)
+            axis.set_xticks([])
+            axis.set_yticks([])
+    figure.tight_layout()
+    return _figure_png(figure)
+
+
+def figure_manifold(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> str | None:
+    """Per VAE run with a 2-D code: the decoded grid of the prior's quantiles (Kingma & Welling
+    2014, figure 4)."""
+    shown = [(e, label) for e, label in _vaes(evaluations, labels) if e.generation.manifold is not None]  # type: ignore[union-attr]
+    if not shown:
+        return None
+    figure, axes = _small_multiples(len(shown), width=4.4, height=4.6, columns=3)
+    for axis, (evaluation, label) in zip(axes, shown, strict=True):
+        manifold = evaluation.generation.manifold  # type: ignore[union-attr]
+        side = manifold.shape[0]
+        picture = _tile(_image_array(manifold.flatten(0, 1)), side, gap=0)
+        axis.imshow(picture, cmap="gray", vmin=0, vmax=max(1.0, float(picture.max())), interpolation="nearest")
+        axis.set_title(f"{label}\nz1 across, z2 up: prior quantiles 0.05 .. 0.95", fontsize=9)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.tight_layout()
+    return _figure_png(figure)
+
+
+def figure_elbo(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> str | None:
+    """Per VAE run: the ELBO's terms by epoch (-ELBO, reconstruction, KL; nats per image) on
+    top, the KL of each latent dimension at the end below."""
+    shown = [(e, label) for e, label in _vaes(evaluations, labels) if e.history]
+    if not shown:
+        return None
+    figure, axes = _subplots(2, len(shown), (max(4.2 * len(shown), 5.0), 6.0))
+    for column, (evaluation, label) in enumerate(shown):
+        top, bottom = axes[0][column], axes[1][column]
+        epochs = [row["epoch"] for row in evaluation.history]
+        for key, name, sign in (("val_elbo", "-ELBO", -1), ("val_recon", "reconstruction", 1), ("val_kl", "KL", 1)):
+            top.plot(epochs, [sign * row.get(key, math.nan) for row in evaluation.history], lw=1.6, label=name)
+        nll = evaluation.history[-1].get("val_nll")
+        if nll is not None and math.isfinite(nll):
+            samples = evaluation.history[-1].get("val_nll_samples")
+            top.plot([epochs[-1]], [nll], "k*", label=f"IWAE NLL (K={samples})")
+        top.set_title(f"{label}\nvalidation, nats per image", fontsize=9)
+        top.set_xlabel("epoch", fontsize=8)
+        top.tick_params(labelsize=7)
+        top.grid(alpha=0.3)
+        top.legend(fontsize=7)
+        per_dim = evaluation.history[-1].get("val_kl_per_dim") or []
+        bottom.bar(range(len(per_dim)), per_dim, color="#4477aa")
+        bottom.set_xticks(range(0, len(per_dim), max(1, len(per_dim) // 10)))
+        active = evaluation.history[-1].get("val_active_units")
+        bottom.set_title(f"KL per latent dimension ({active} of {len(per_dim)} units active)", fontsize=9)
+        bottom.set_xlabel("latent dimension", fontsize=8)
+        bottom.set_ylabel("nats per image", fontsize=8)
+        bottom.tick_params(labelsize=7)
+    figure.tight_layout()
+    return _figure_png(figure)

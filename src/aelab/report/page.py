@@ -9,6 +9,7 @@ offline: no scripts, fonts or images are fetched from anywhere. Figures are draw
 from __future__ import annotations
 
 import importlib.resources
+import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,9 +25,12 @@ from aelab.report.figures import (
     _run_colours,
     figure_codes,
     figure_denoising,
+    figure_elbo,
+    figure_generation,
     figure_histograms,
     figure_loss_shapes,
     figure_losses,
+    figure_manifold,
     figure_reconstructions,
     figure_training,
 )
@@ -149,7 +153,11 @@ def render_report(
             "loss_shapes": figure_loss_shapes(),
             "histograms": figure_histograms(evaluations, labels, colours),
             "codes": figure_codes(evaluations, labels),
+            "generation": figure_generation(evaluations, labels),
+            "manifold": figure_manifold(evaluations, labels),
+            "elbo": figure_elbo(evaluations, labels),
         },
+        "vaes": _vae_rows(evaluations, labels),
         "findings": [
             {"label": label, "findings": [f.to_dict() for f in e.findings]}
             for e, label in zip(evaluations, labels, strict=True)
@@ -165,6 +173,34 @@ def render_report(
     target = Path(out) if out is not None else path / REPORT_FILE
     atomic_write_text(target, html)
     return target
+
+
+def _vae_rows(evaluations: Sequence[Evaluation], labels: Sequence[str]) -> list[dict[str, Any]]:
+    """The VAE table: one row per VAE run, its honest-scale numbers (nats per image, bits per
+    dimension where its likelihood is a density, else why not)."""
+    rows = []
+    for evaluation, label in zip(evaluations, labels, strict=True):
+        metrics = evaluation.metrics
+        if evaluation.generation is None or "elbo" not in metrics or evaluation.config is None:
+            continue
+        bpd = metrics.get("bpd", math.nan)
+        note = evaluation.generation.bpd_note or ("" if math.isfinite(bpd) else "not measured")
+        rows.append(
+            {
+                "label": label,
+                "loss": evaluation.config.train.loss,
+                "negative_elbo": f"{-metrics['elbo']:.2f}",
+                "recon": f"{metrics['recon']:.2f}",
+                "kl": f"{metrics['kl']:.2f}",
+                "nll": f"{metrics['nll']:.2f}" if "nll" in metrics else "",
+                "samples": metrics.get("nll_samples", ""),
+                "bpd": f"{bpd:.4f}" if not note else "",
+                "note": note,
+                "active": f"{metrics.get('active_units', '')} of {len(metrics.get('kl_per_dim') or [])}",
+                "mse": f"{metrics['mse']:.4f}",
+            }
+        )
+    return rows
 
 
 def _check_data(run_dirs: Sequence[Path], path: Path, data: ImagesLike | None) -> None:

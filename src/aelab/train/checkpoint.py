@@ -45,6 +45,8 @@ def checkpoint_bytes(state: RunState) -> bytes:
     tensors["rng/binarize"] = state.binarize_generator.get_state()
     if state.regularization.noise is not None:  # only denoising runs draw from it
         tensors["rng/noise"] = state.noise_generator.get_state()
+    if state.config.model.variational:  # a VAE's reparameterisation draws; plain checkpoints stay as they were
+        tensors["rng/sample"] = state.sample_generator.get_state()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     metadata = {
         "format": CHECKPOINT_FORMAT,
@@ -123,6 +125,8 @@ def load_checkpoint(state: RunState, path: Path) -> None:
         state.binarize_generator.set_state(tensors["rng/binarize"])  # a CPU byte tensor, whatever the device
         if state.regularization.noise is not None:
             state.noise_generator.set_state(tensors["rng/noise"])  # a CPU byte tensor, as every generator takes
+        if state.config.model.variational:
+            state.sample_generator.set_state(tensors["rng/sample"])
         trainer = json.loads(metadata["trainer"])
         epoch = int(metadata["epoch"])
         history = trainer["history"]

@@ -22,6 +22,7 @@ from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model, check_model_fits_loss
+from aelab.nn.variational import is_variational
 from aelab.regularizers import Regularization
 from aelab.runs import FolderWriter, atomic_write_bytes
 from aelab.train.divergence import DivergenceGuard
@@ -62,6 +63,12 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
         check_data_config(config.data)
     get_likelihood(config.train.loss)
     check_model_fits_loss(config.model, config.train.loss)
+    if not config.model.variational:
+        for key in ("beta", "kl_warmup_epochs", "free_bits"):
+            if getattr(config.train, key) != getattr(TrainConfig, key):
+                raise ConfigError(
+                    template=f"train.{key} applies to VAEs only; drop {{train.{key}}} or add {{model.variational}}"
+                )
     if config.train.optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown optimizer {config.train.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     Regularization.from_config(config.train, config.model.code_activation or config.model.activation)
@@ -70,6 +77,7 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
 # Seeds a run derives from train.seed: init (seed), data order (+0), binarisation (+1), binarised
 # validation targets (+2), input noise (+3), the corrupted validation inputs (+4).
 NOISE_SEED_OFFSET = 3
+SAMPLE_SEED_OFFSET = 5  # a VAE's reparameterisation draws (4 is the noisy validation set's)
 NOISY_VALIDATION_SEED_OFFSET = 4
 
 
@@ -105,6 +113,8 @@ class RunState:
         # Separate generators: data order and binarisation draws never disturb each other.
         self.order_generator = torch.Generator().manual_seed(seed)
         self.binarize_generator = torch.Generator(device=self.device).manual_seed(seed + 1)
+        # A VAE's reparameterisation draws (saved in its checkpoints, so a resume is exact).
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(seed + SAMPLE_SEED_OFFSET)
         self.train_images = data.train.to(self.device)
         self.validation = validation or Validation.build(data, config.data, seed + 2, self.device)
         # Denoising, sparse and contractive training (`aelab.regularizers`); the noise is drawn
@@ -148,8 +158,11 @@ class RunState:
                 f"images of shape {tuple(self.data.image_shape)} do not fit the {self.config.model.kind} model "
                 f"({str(error).splitlines()[0]}); change the model or the data"
             ) from None
-        values = getattr(self.model, "output_values", 1)  # one value per pixel, or the likelihood's parameters
-        expected = (sample.shape[0], sample.shape[1] * values, *sample.shape[2:])
+        if is_variational(self.model):
+            expected = tuple(self.model.decode_shape(1))
+        else:
+            values = getattr(self.model, "output_values", 1)  # one value per pixel, or the likelihood's parameters
+            expected = (sample.shape[0], sample.shape[1] * values, *sample.shape[2:])
         if tuple(logits.shape) != expected:  # pragma: no cover - the models mirror their input
             raise DataError(f"model outputs {tuple(logits.shape)} for inputs {tuple(sample.shape)}")
 

@@ -3,11 +3,12 @@
 A step trains M >= 1 runs (`RunState`s) on one batch each: `step(images)` takes the batches
 (M, B, C, H, W), or (1, B, C, H, W) when every member sees the same batch, runs forward and
 backward, steps the optimizers and returns the members' mean losses (M,) without
-synchronising with the device. Three steps exist:
+synchronising with the device. Four steps exist:
 
 - `AutogradStep`: one run of any model, through autograd and `optimizer.step()`;
 - `FastStep`: one dense run through the hand-written step (`aelab.train.fast.DenseStep`) and
   the optimizer's fused kernel;
+- `VariationalStep`: one VAE, its negative ELBO through autograd;
 - `StackedStep`: several dense runs of equal layer sizes, their weights stacked (M, out, in)
   so that one batched matmul serves every member.
 
@@ -31,6 +32,7 @@ from aelab.errors import ConfigError
 from aelab.likelihoods import LIKELIHOODS
 from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import MODELS, DenseAutoencoder
+from aelab.nn.variational import elbo_terms, kl_weight, training_objective
 from aelab.train.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
 from aelab.train.state import RunState
 
@@ -53,6 +55,7 @@ FAST_STEP: dict[str, str] = {
     "model.output_activation": "honoured",  # the likelihood's fused head, or autograd on the head alone
     "model.init": "input",
     "model.tied": "honoured",
+    "model.variational": "refused",  # a VAE trains through autograd (VariationalStep)
     "train.loss": "checked",  # one parameter per pixel: a fused head, or autograd on the head alone
     "train.optimizer": "honoured",  # a real torch optimizer reads the gradients the step writes
     "train.learning_rate": "honoured",
@@ -68,6 +71,9 @@ FAST_STEP: dict[str, str] = {
     "train.noise": "honoured",  # the inputs corrupted before the forward, the targets clean
     "train.sparsity": "honoured",  # the penalty's gradient added at the code
     "train.contractive": "refused",  # its gradient reaches every encoder weight: autograd
+    "train.beta": "refused",  # the three VAE fields: VAEs train through autograd
+    "train.kl_warmup_epochs": "refused",
+    "train.free_bits": "refused",
 }
 
 # How every config field meets stacking (`aelab.train.stacking.group_key`):
@@ -85,6 +91,7 @@ STACKING: dict[str, str] = {
     "model.output_activation": "member",
     "model.init": "member",
     "model.tied": "shared",
+    "model.variational": "alone",  # no stacked VAE step
     "train.loss": "member",
     "train.optimizer": "member",
     "train.learning_rate": "member",
@@ -100,6 +107,9 @@ STACKING: dict[str, str] = {
     "train.noise": "member",  # each member draws from its own noise generator
     "train.sparsity": "member",
     "train.contractive": "alone",  # the fast step refuses it
+    "train.beta": "alone",
+    "train.kl_warmup_epochs": "alone",
+    "train.free_bits": "alone",
 }
 
 FAST_KINDS = ("dense",)  # the model kinds `DenseStep` trains
@@ -199,6 +209,34 @@ class AutogradStep:
         loss = state.likelihood.nll(output, x, logits=from_logits).mean()
         if penalty is not None:
             loss = loss + penalty
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        return loss.detach().reshape(1)
+
+    def sync(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class VariationalStep:
+    """A VAE (`aelab.nn.variational`): the negative ELBO through autograd, one code drawn per
+    image from the run's own noise generator, the KL weighted by train.beta (warmed up over
+    train.kl_warmup_epochs) with train.free_bits per dimension. Returns the objective, nats per
+    image."""
+
+    def __init__(self, state: RunState) -> None:
+        self.states = [state]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        state = self.states[0]
+        train = state.config.train
+        x = images[0]
+        terms = elbo_terms(state.model, state.likelihood, x, state.sample_generator)  # type: ignore[arg-type]
+        weight = kl_weight(train.beta, train.kl_warmup_epochs, state.epoch + 1)
+        loss = training_objective(terms, weight, train.free_bits)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         state.optimizer.step()
@@ -340,4 +378,6 @@ def make_step(states: list[RunState]) -> Step:
     if len(states) > 1:
         return StackedStep(states)
     state = states[0]
+    if state.config.model.variational:
+        return VariationalStep(state)
     return FastStep(state) if state.engine == "fast" else AutogradStep(state)
