@@ -345,3 +345,20 @@ def test_one_question_on_tiny_data_writes_pages_from_ordinary_sweeps(tmp_path):
     text = (tmp_path / "out" / "answers.md").read_text()
     _check_markdown(text)
     assert "## 1. Binary cross-entropy is not zero" in text
+
+
+def test_a_folder_of_another_explain_budget_is_refused_before_anything_trains(tmp_path):
+    import yaml
+
+    from aelab.errors import RunFolderError
+    from aelab.explain import explain
+
+    data = DataConfig(name="digits", train_limit=64, val_limit=32)
+    quick = QUESTIONS["floor"].experiments(Setup(data, Budget.choose(quick=True)))[0]
+    folder = tmp_path / "floor" / quick.name
+    folder.mkdir(parents=True)
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(quick.spec.to_dict(), sort_keys=False))
+    with pytest.raises(RunFolderError, match=r"train\.epochs is 4 there, 10 here"):
+        explain(["floor"], tmp_path, data=data)
+    assert sorted(p.name for p in folder.iterdir()) == ["sweep.yaml"]
+    assert not (tmp_path / "floor" / "binarized").exists()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aelab.config import DataConfig
-from aelab.errors import ConfigError
+from aelab.errors import ConfigError, RunFolderError
 from aelab.explain import blob, floor, keras, softmax
 from aelab.explain.measure import FirstLayerNorm
 from aelab.explain.records import Budget, Claim, Experiment, Question, Setup, Verdict
@@ -95,11 +95,15 @@ def explain(
     setup = Setup(data, Budget.choose(quick))
     say = echo or (lambda line: None)
     out = Path(out)
+    planned = {question.name: question.experiments(setup) for question in chosen}
+    for name, experiments in planned.items():
+        for experiment in experiments:
+            check_folder(out / name / experiment.name, experiment)
     started = time.perf_counter()
     answers = []
     for question in chosen:
         say(f"{question.name}: {question.title}")
-        experiments = question.experiments(setup)
+        experiments = planned[question.name]
         sweeps = {}
         for experiment in experiments:
             sweeps[experiment.name] = run_sweep(
@@ -118,6 +122,24 @@ def explain(
         atomic_write_text(out / name, render(result, command))
         result.pages[name] = out / name
     return result
+
+
+def check_folder(folder: Path, experiment: Experiment) -> None:
+    """Refuse, before anything trains, an experiment folder that an explain run with other
+    settings (--quick, other data) made: its runs answer another question."""
+    from aelab.sweep import read_sweep
+    from aelab.sweep.grid import _config_difference
+
+    recorded = read_sweep(folder) if folder.is_dir() else None
+    if recorded is None or any(spec.same_runs(experiment.spec) for spec in recorded.specs):
+        return
+    difference = _config_difference(experiment.spec.base, recorded.specs[0].base)
+    raise RunFolderError(
+        template="{folder} holds the runs of an explain run with other settings ({difference}: another budget "
+        "or other data); choose another {out}, or remove that folder to train it again",
+        folder=folder,
+        difference=difference,
+    )
 
 
 def short_answer(answer: Answer) -> list[str]:
