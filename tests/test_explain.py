@@ -22,8 +22,8 @@ from aelab.explain.softmax import simplex_projection
 
 def _settings() -> list[dict]:
     return [
-        {"setting": f"adam lr {lr}", "loss": loss, "failed_share": 0.0, "val_mse": 0.04, "escape_epochs": [7, None]}
-        for lr in (0.001, 0.01)
+        {"setting": f"adam lr {lr}", "loss": loss, "failed_share": 0.0, "val_mse": 0.04, "escape_epochs": epochs}
+        for lr, epochs in ((0.001, [None, None]), (0.01, [7, None]), (0.1, [6, 8]))
         for loss in ("bce", "mse")
     ]
 

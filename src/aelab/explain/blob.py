@@ -190,7 +190,10 @@ def _escapes(m: Measured) -> str:
     parts = []
     for s in m["settings"]:
         epochs = [e for e in s["escape_epochs"] if e is not None]
-        left = f"left it at epoch {min(epochs)}" if epochs else "never left it"
+        low, high = min(epochs, default=0), max(epochs, default=0)
+        when = f"{low}" if low == high else f"{low}-{high}"
+        seeds = f" ({len(epochs)} of {len(s['escape_epochs'])} seeds)" if len(epochs) < len(s["escape_epochs"]) else ""
+        left = f"left it at epoch {when}{seeds}" if epochs else "never left it"
         parts.append(f"{s['loss']} at {s['setting']} {left}")
     return "; ".join(parts)
 

@@ -175,9 +175,9 @@ def normalise(m: Measured) -> Verdict:
     threshold = f"cross-entropy between normalised images still above {FLOOR_ABOVE_ZERO} nats at its minimum"
     brightness = (
         f"it cannot see brightness (halving an image changes it by {fmt(m['dimmed_change'])}), so a reconstruction "
-        f"must guess each image's total, which varies by {percent(variation)} here: even a perfect distribution "
-        f"scaled by the mean total scores val MSE {fmt(m['best_case_mse'])}, against {fmt(m['grey_val_mse'])} for "
-        "the BCE model"
+        f"must guess each image's total, which varies by {percent(variation)} here: guessing the mean total costs "
+        f"val MSE {fmt(m['best_case_mse'])} even with a perfect distribution (the BCE model's whole error is "
+        f"{fmt(m['grey_val_mse'])})"
     )
     if floor > FLOOR_ABOVE_ZERO:
         sentence = (
@@ -236,7 +236,7 @@ def cb_density(m: Measured) -> Verdict:
     sentence = (
         f"Contradicted on this data: {percent(m['exact_share'])} of the pixels are exactly 0 or 1, where a density "
         f"on [0, 1] grows without bound, so cb has no floor (-inf): it reports {fmt(nll)} nats per pixel, a "
-        f"log-density that can be negative and keeps falling; {compare}."
+        f"log-density that can be negative, with no floor to measure its excess against; {compare}."
     )
     return Verdict("contradicted", sentence, numbers, threshold)
 

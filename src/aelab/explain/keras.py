@@ -103,7 +103,8 @@ def sigmoid_fits(m: Measured) -> Verdict:
         return Verdict("depends", "Not decided: a run diverged.", numbers, threshold)
     best_other = min(values["relu"], values["linear"])
     summary = (
-        f"val MSE {fmt(values['sigmoid'])} with a sigmoid output, {fmt(values['relu'])} with relu, "
+        f"after {m.get('epochs', '?')} epochs with MSE, val MSE {fmt(values['sigmoid'])} with a sigmoid output, "
+        f"{fmt(values['relu'])} with relu, "
         f"{fmt(values['linear'])} with linear; linear put {percent(outside['linear'])} of its pixels outside [0, 1]"
     )
     if values["sigmoid"] <= (1 + SIMILAR) * best_other:
@@ -114,7 +115,10 @@ def sigmoid_fits(m: Measured) -> Verdict:
             threshold,
         )
     return Verdict(
-        "contradicted", f"Contradicted: {summary}. Another output reconstructs better here.", numbers, threshold
+        "contradicted",
+        f"Contradicted: {summary}. Another output reconstructs better at this budget.",
+        numbers,
+        threshold,
     )
 
 

@@ -150,8 +150,8 @@ def unmeasured(numbers: dict[str, Any], what: str) -> Verdict:
     )
 
 
-def fmt(value: Any, digits: int = 3) -> str:
-    """A number as the pages print it: 0.0425, 1.3e-05, 12.5, nan."""
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number as the pages print it, to `digits` significant digits: 0.04253, 1.300e-05, 12.5, nan."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     if isinstance(value, int):
