@@ -294,7 +294,6 @@ def _check_markdown(text: str) -> None:
     assert "<h2>" in rendered
 
 
-@pytest.mark.slow
 def test_explain_quick_end_to_end_on_a_small_dataset(tmp_path, capsys):
     out = tmp_path / "explain"
     flags = ["--dataset", "digits", "--train-limit", "300", "--val-limit", "100", "--out", str(out), "--quick"]

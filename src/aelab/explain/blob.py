@@ -455,8 +455,9 @@ def draw_asymmetry(m: Measured, figure: Any) -> None:
     axes = figure.add_subplot(1, 1, 1)
     p = torch.linspace(0.5, 0.99, 200, dtype=torch.float64).view(-1, 1)
     t = torch.full_like(p, GREY_TARGET)
-    axes.plot(p.flatten(), bce_from_pixels(p, t) - binary_entropy(t).flatten(), label="BCE minus its floor")
-    axes.plot(p.flatten(), mse_from_pixels(p, t), label="MSE")
+    x = p.flatten().numpy()
+    axes.plot(x, (bce_from_pixels(p, t) - binary_entropy(t).flatten()).numpy(), label="BCE minus its floor")
+    axes.plot(x, mse_from_pixels(p, t).numpy(), label="MSE")
     for x in (ABOVE, BELOW):
         axes.axvline(x, color="grey", linewidth=0.6)
     axes.set(xlabel="prediction", ylabel="loss", title=f"Loss for a target pixel of {GREY_TARGET}")

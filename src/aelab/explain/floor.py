@@ -246,7 +246,7 @@ def draw_curves(m: Measured, figure: Any) -> None:
     p = torch.linspace(0.01, 0.99, 197, dtype=torch.float64).view(-1, 1)
     for target in sorted(set(USER_TARGETS)):
         t = torch.full_like(p, target)
-        axes.plot(p.flatten(), bce_from_pixels(p, t), label=f"target {target}")
+        axes.plot(p.flatten().numpy(), bce_from_pixels(p, t).numpy(), label=f"target {target}")
         axes.plot([target], [float(binary_entropy(torch.tensor([target])))], "ko", markersize=3)
     axes.set(
         xlabel="prediction",

@@ -236,7 +236,7 @@ def draw_outputs(m: Measured, figure: Any) -> None:
         axes = figure.add_subplot(1, len(shown), index + 1)
         values = torch.tensor(m["example"][name])
         if values.numel() == side * side:
-            axes.imshow(values.view(side, side).clamp(0, 1), cmap="gray", vmin=0, vmax=1)
+            axes.imshow(values.view(side, side).clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
         axes.set_title(f"{name}\nsum {values.sum():.3g}", fontsize=8)
         axes.axis("off")
 
