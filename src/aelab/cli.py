@@ -757,10 +757,9 @@ def add_explain_command(commands: Any) -> None:
     for flag, section, key, text in RUN_OPTIONS:
         if section == "data" and key in EXPLAIN_DATA_KEYS:
             metavar = METAVARS.get(flag, key.upper())
-            explain.add_argument(flag, dest=f"opt_{key}", type=str, default=None, metavar=metavar,
-                                 help=text)  # fmt: skip
+            explain.add_argument(flag, dest=f"opt_{key}", type=str, default=None, metavar=metavar, help=text)
     explain.add_argument("--out", metavar="DIR", default="runs/explain", help="output folder (default runs/explain)")
-    explain.add_argument("--quick", action="store_true", help="one seed and fewer epochs (about 2 minutes)")
+    explain.add_argument("--quick", action="store_true", help="one seed and fewer epochs (a 2-minute budget)")
     explain.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     explain.set_defaults(handler=command_explain)
 

@@ -91,6 +91,7 @@ def measure(results: Mapping[str, Any], setup: Setup) -> dict[str, Any]:
         "runs": runs,
         "unit": unit,
         "stored_above_one": bool(raw_images.max() > 1.0),
+        "stored_max": float(raw_images.max()),
         "image_sum": float(flat.sum(dim=1).mean()),
         "target_mean": float(flat.mean()),
         "best_sum_one_mse": float((simplex_projection(flat) - flat).square().mean()),
@@ -153,10 +154,12 @@ def above_one(m: Measured) -> Verdict:
         return Verdict("depends", sentence, numbers, threshold)
     if is_finite(sigmoid["val_bce"]) and sigmoid["val_bce"] < 0:
         sentence = (
-            f"Supported: with targets up to 255, -t log p - (1 - t) log(1 - p) has no minimum at p = t; it falls "
-            f"without bound as p goes to 1 wherever t > 1. The sigmoid model trained on 0..255 reached val BCE "
-            f"{fmt(sigmoid['val_bce'])}, a value BCE cannot take on [0, 1] targets, with a mean output of "
-            f"{fmt(numbers['output_mean_sigmoid_raw'])} (the targets' mean is {fmt(m['target_mean'])} after /255). "
+            f"Supported: with targets up to {fmt(m.get('stored_max', math.nan))}, -t log p - (1 - t) log(1 - p) has "
+            "no minimum at p = t; it falls "
+            f"without bound as p goes to 1 wherever t > 1. The sigmoid model trained on the unscaled pixels reached "
+            f"val BCE {fmt(sigmoid['val_bce'])}, a value BCE cannot take on [0, 1] targets, with a mean output of "
+            f"{fmt(numbers['output_mean_sigmoid_raw'])} (the targets' mean is {fmt(m['target_mean'])} once scaled to "
+            "[0, 1]). "
             f"As posted, the softmax caps each output below 1 and BCE sits at {fmt(posted['val_bce'])}. aelab's "
             f"doctor flags the posted run with: {numbers['doctor_as_posted']}."
         )
