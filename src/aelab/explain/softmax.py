@@ -147,6 +147,7 @@ def above_one(m: Measured) -> Verdict:
         "output_mean_sigmoid_raw": sigmoid["output_mean"] * m["unit"],
         "target_mean": m["target_mean"],
         "doctor_as_posted": ", ".join(posted["findings"]) or "none",
+        "stored_max": m.get("stored_max", math.nan),
     }
     threshold = "the sigmoid model on unscaled pixels reaching a val BCE below 0, impossible for targets in [0, 1]"
     if not m["stored_above_one"]:
@@ -154,7 +155,7 @@ def above_one(m: Measured) -> Verdict:
         return Verdict("depends", sentence, numbers, threshold)
     if is_finite(sigmoid["val_bce"]) and sigmoid["val_bce"] < 0:
         sentence = (
-            f"Supported: with targets up to {fmt(m.get('stored_max', math.nan))}, -t log p - (1 - t) log(1 - p) has "
+            f"Supported: with targets up to {fmt(numbers['stored_max'])}, -t log p - (1 - t) log(1 - p) has "
             "no minimum at p = t; it falls "
             f"without bound as p goes to 1 wherever t > 1. The sigmoid model trained on the unscaled pixels reached "
             f"val BCE {fmt(sigmoid['val_bce'])}, a value BCE cannot take on [0, 1] targets, with a mean output of "
