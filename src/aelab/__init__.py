@@ -14,6 +14,7 @@ The public API is what this module exports (`__all__`); everything else may chan
 - evaluation: `evaluate`, `Validation`, `evaluate_run`;
 - run folders, the doctor, sweeps and reports: `load_run`, `Run`, `Doctor`, `check`,
   `run_sweep`, `SweepSpec`, `render_report`;
+- the classic questions answered by experiment: `explain` (`aelab.explain`);
 - errors: `AelabError` and its kinds.
 """
 
@@ -23,6 +24,7 @@ from aelab.data import DATASETS, ImageData, load_dataset
 from aelab.doctor import Doctor, check
 from aelab.errors import AelabError, ConfigError, DataError, DivergenceError, RunFolderError, SetupFindingsError
 from aelab.evaluate import Validation, evaluate, evaluate_run
+from aelab.explain import explain
 from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.losses import LOSS_FLOORS, LOSSES
 from aelab.nn.activations import ACTIVATIONS
@@ -72,6 +74,7 @@ __all__ = [
     "check",
     "evaluate",
     "evaluate_run",
+    "explain",
     "load_dataset",
     "load_run",
     "render_report",

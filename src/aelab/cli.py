@@ -778,6 +778,69 @@ def command_resume(args: argparse.Namespace) -> int:
     return finish_train_command(args, result.run_dir, recheck_run(result.run_dir))
 
 
+# --- explain (issue 14)
+
+# The data options `aelab explain` takes: the experiments choose binarisation and scaling themselves.
+EXPLAIN_DATA_KEYS = ("name", "path", "data_dir", "val_fraction", "train_limit", "val_limit")
+
+
+def add_explain_command(commands: Any) -> None:
+    from aelab.explain import QUESTIONS
+
+    explain = commands.add_parser(
+        "explain",
+        help="answer the classic autoencoder questions (blob, keras, floor, softmax) with experiments on your data",
+        description="Run the experiments behind each question as sweeps in OUT/QUESTION/NAME (a rerun reuses "
+        "finished runs and finishes interrupted ones), judge every claim of its thread on the numbers measured, "
+        "and write OUT/answers.md, OUT/answers.html and OUT/answers.json.",
+    )
+    explain.add_argument(
+        "questions", nargs="*", metavar="QUESTION", help=f"any of {', '.join(QUESTIONS)} (default: all four)"
+    )
+    for flag, section, key, text in RUN_OPTIONS:
+        if section == "data" and key in EXPLAIN_DATA_KEYS:
+            metavar = METAVARS.get(flag, key.upper())
+            explain.add_argument(flag, dest=f"opt_{key}", type=str, default=None, metavar=metavar, help=text)
+    explain.add_argument("--out", metavar="DIR", default="runs/explain", help="output folder (default runs/explain)")
+    explain.add_argument("--quick", action="store_true", help="one seed and fewer epochs (a 2-minute budget)")
+    explain.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    explain.set_defaults(handler=command_explain)
+
+
+def command_explain(args: argparse.Namespace) -> int:
+    from aelab.explain import explain, short_answer
+
+    raw: dict[str, Any] = {}
+    words = ["aelab explain", *args.questions]
+    for flag, section, key, _ in RUN_OPTIONS:
+        text = getattr(args, f"opt_{key}", None)
+        if section != "data" or key not in EXPLAIN_DATA_KEYS or text is None:
+            continue
+        words.append(f"{flag} {text}")
+        try:
+            raw[key] = parse_field(section, key, text)
+        except ValueError as expected:
+            raise ConfigError(f"{flag} must be {expected}, got {text!r}") from None
+    if raw.get("path") and "name" not in raw:
+        raw["name"] = "folder" if Path(raw["path"]).is_dir() else "array"
+    data = RunConfig.from_dict({"data": raw}).data
+    args.interrupted_folder = ("explain", Path(args.out))
+    words += ["--quick"] * args.quick + [f"--out {args.out}"]
+    result = explain(
+        args.questions,
+        args.out,
+        data=data,
+        quick=args.quick,
+        echo=None if args.quiet else (lambda line: print(line, flush=True)),
+        command=" ".join(words),
+    )
+    for answer in result.answers:
+        print("\n".join(short_answer(answer)))
+    for path in result.pages.values():
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> CommandParser:
     parser = CommandParser(
         prog="aelab", description="A lab for image autoencoders: train, compare losses, diagnose blobs."
@@ -819,6 +882,7 @@ def build_parser() -> CommandParser:
     datasets_parser = commands.add_parser("datasets", help="list the datasets aelab knows")
     datasets_parser.set_defaults(handler=command_datasets)
     add_compare_commands(commands)
+    add_explain_command(commands)
     parser.command_parsers = commands.choices
     return parser
 
@@ -835,6 +899,8 @@ def interrupted_hint(args: argparse.Namespace) -> str:
         return f"; continue the run with `aelab train --resume {folder}`"
     if command == "compare" and (folder / SWEEP_FILE).exists():
         return f"; finish the sweep with `aelab compare --out {folder}`"
+    if command == "explain":
+        return f"; run the same command again to finish: the runs done in {folder} are kept"
     if command is not None:
         return f"; nothing was trained into {folder} yet, run the same command again to start"
     return ""
