@@ -71,12 +71,20 @@ def test_a_vae_is_an_autoencoder_whose_decoder_gives_the_likelihoods_parameters(
     assert torch.equal(model(images), model.decode(mean))  # forward: the posterior mean's decoding
     assert model(images).shape == images.shape
     # A likelihood with two parameters per pixel: the decoder is built with twice the outputs,
-    # asked from the record (no likelihood is named in the model code).
-    two = dataclasses.replace(LIKELIHOODS["mse"], name="two_parameters", parameters_per_pixel=2)
+    # asked from the record (no likelihood is named in the model code); one whose second
+    # parameter is shared decodes one value per pixel and holds the other as a model parameter.
+    two = dataclasses.replace(LIKELIHOODS["gaussian-pixel"], name="two_parameters")
     monkeypatch.setitem(LIKELIHOODS, "two_parameters", two)
     wide = build_model(config, (1, 12, 10), loss="two_parameters")
     assert wide.parameters_per_pixel == 2
     assert wide.decode(torch.zeros(5, 3)).shape == (5, 2, 12, 10)
+    output, _ = wide.loss_input(wide.decode(torch.zeros(5, 3)))
+    assert LIKELIHOODS["two_parameters"].nll(output, images, logits=True).shape == (5,)
+    shared = build_model(config, (1, 12, 10), loss="gaussian")
+    assert shared.decode(torch.zeros(5, 3)).shape == (5, 1, 12, 10)
+    assert shared.likelihood_parameters.shape == (1,)
+    output, _ = shared.loss_input(shared.decode(torch.zeros(5, 3)))
+    assert output.shape == (5, 2, 12, 10)
 
 
 def test_building_a_vae_refuses_settings_that_do_not_apply():
