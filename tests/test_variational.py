@@ -87,6 +87,14 @@ def test_a_vae_is_an_autoencoder_whose_decoder_gives_the_likelihoods_parameters(
     assert output.shape == (5, 2, 12, 10)
 
 
+def test_a_vae_refuses_the_regularisers_its_step_does_not_implement():
+    data = load_dataset(RunConfig.from_dict(TINY).data)
+    vae = RunConfig.from_dict(TINY).replace(model={"variational": True})
+    for key, value in (("noise", "gaussian:0.5"), ("sparsity", "l1"), ("contractive", 0.1)):
+        with pytest.raises(ConfigError, match=rf"train\.{key} is not implemented for VAEs"):
+            RunState(vae.replace(train={key: value}), data)
+
+
 def test_building_a_vae_refuses_settings_that_do_not_apply():
     with pytest.raises(ConfigError, match=r"model\.tied applies to plain autoencoders only"):
         ModelConfig(variational=True, tied=True)

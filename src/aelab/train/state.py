@@ -63,6 +63,12 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
         check_data_config(config.data)
     get_likelihood(config.train.loss)
     check_model_fits_loss(config.model, config.train.loss)
+    if config.model.variational:  # VariationalStep trains on the clean ELBO: refused, never ignored
+        for key in ("noise", "sparsity", "contractive"):
+            if getattr(config.train, key) != getattr(TrainConfig, key):
+                raise ConfigError(
+                    template=f"train.{key} is not implemented for VAEs; drop {{train.{key}}} or {{model.variational}}"
+                )
     if not config.model.variational:
         for key in ("beta", "kl_warmup_epochs", "free_bits"):
             if getattr(config.train, key) != getattr(TrainConfig, key):
