@@ -147,39 +147,72 @@ class ConvAutoencoder(Autoencoder):
                 template="model.tied applies to dense models only; drop {model.tied} or use {model.kind:dense}"
             )
         self.image_shape = image_shape
-        channels, height, width = image_shape
-        steps = len(config.hidden_dims)
-        heights, widths = _conv_sizes(height, steps), _conv_sizes(width, steps)
-        chans = [channels, *config.hidden_dims]
-        out_chans = [channels * output_values, *config.hidden_dims]
-        self.encoder = nn.ModuleList(nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1) for a, b in pairwise(chans))
-        self.bottom_shape = (chans[-1], heights[-1], widths[-1])
+        self.encoder, self.bottom_shape = conv_encoder(config, image_shape)
         self.to_code = nn.Linear(math.prod(self.bottom_shape), config.latent_dim)
         self.from_code = nn.Linear(config.latent_dim, math.prod(self.bottom_shape))
-        self.decoder = nn.ModuleList()
-        for index in range(steps, 0, -1):
-            # Output size of a stride-2 transposed conv is 2 * in - 1 + output_padding.
-            padding = (heights[index - 1] - (2 * heights[index] - 1), widths[index - 1] - (2 * widths[index] - 1))
-            self.decoder.append(
-                nn.ConvTranspose2d(
-                    chans[index], out_chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
-                )
-            )
+        self.decoder = conv_decoder(config, image_shape, output_values)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        hidden = images  # (B, C, H, W)
-        for layer in self.encoder:
-            hidden = self.hidden_activation(layer(hidden))
-        return self.code_activation(self.to_code(hidden.flatten(1)))  # (B, latent_dim)
+        hidden = conv_encode(self, images)  # (B, C' * H' * W')
+        return self.code_activation(self.to_code(hidden))  # (B, latent_dim)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden_activation(self.from_code(codes)).view(codes.shape[0], *self.bottom_shape)
-        last = len(self.decoder) - 1
-        for index, layer in enumerate(self.decoder):
-            hidden = layer(hidden)
-            if index < last:
-                hidden = self.hidden_activation(hidden)
-        return hidden  # logits (B, V*C, H, W)
+        return conv_decode(self, codes)  # logits (B, V*C, H, W)
+
+
+# The convolutional stacks, shared by ConvAutoencoder and the conv VAE (`aelab.nn.variational`).
+# Each model builds them in its own order (encoder, code layers, decoder), which fixes the
+# order in which PyTorch's default initialisation draws their weights.
+
+
+def conv_encoder(config: ModelConfig, image_shape: tuple[int, int, int]) -> tuple[nn.ModuleList, tuple[int, ...]]:
+    """Stride-2 3x3 convolutions, one per entry of hidden_dims (channel counts), and the shape
+    (C', H', W') of their output."""
+    channels, height, width = image_shape
+    steps = len(config.hidden_dims)
+    chans = [channels, *config.hidden_dims]
+    encoder = nn.ModuleList(nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1) for a, b in pairwise(chans))
+    return encoder, (chans[-1], _conv_sizes(height, steps)[-1], _conv_sizes(width, steps)[-1])
+
+
+def conv_decoder(config: ModelConfig, image_shape: tuple[int, int, int], output_values: int) -> nn.ModuleList:
+    """Transposed convolutions back to exactly the input's height and width, with
+    output_values * C channels out."""
+    channels, height, width = image_shape
+    steps = len(config.hidden_dims)
+    heights, widths = _conv_sizes(height, steps), _conv_sizes(width, steps)
+    chans = [channels, *config.hidden_dims]
+    out_chans = [channels * output_values, *config.hidden_dims]
+    decoder = nn.ModuleList()
+    for index in range(steps, 0, -1):
+        # Output size of a stride-2 transposed conv is 2 * in - 1 + output_padding.
+        padding = (heights[index - 1] - (2 * heights[index] - 1), widths[index - 1] - (2 * widths[index] - 1))
+        decoder.append(
+            nn.ConvTranspose2d(
+                chans[index], out_chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
+            )
+        )
+    return decoder
+
+
+def conv_encode(model: Autoencoder, images: torch.Tensor) -> torch.Tensor:
+    """`model.encoder`'s convolutions with its hidden activation, flattened: (B, C' * H' * W')."""
+    hidden = images  # (B, C, H, W)
+    for layer in model.encoder:
+        hidden = model.hidden_activation(layer(hidden))
+    return hidden.flatten(1)
+
+
+def conv_decode(model: Autoencoder, codes: torch.Tensor) -> torch.Tensor:
+    """`model.from_code`, then `model.decoder`'s transposed convolutions with its hidden
+    activation between them: logits (B, V*C, H, W)."""
+    hidden = model.hidden_activation(model.from_code(codes)).view(codes.shape[0], *model.bottom_shape)
+    last = len(model.decoder) - 1
+    for index, layer in enumerate(model.decoder):
+        hidden = layer(hidden)
+        if index < last:
+            hidden = model.hidden_activation(hidden)
+    return hidden
 
 
 # A builder takes (config, image_shape) and, for likelihoods with more than one parameter per

@@ -30,7 +30,7 @@ from aelab.config import ModelConfig
 from aelab.errors import ConfigError
 from aelab.likelihoods import Likelihood
 from aelab.losses import gaussian_kl
-from aelab.nn.models import Autoencoder, _conv_sizes
+from aelab.nn.models import Autoencoder, conv_decode, conv_decoder, conv_encode, conv_encoder
 
 LOG_TWO_PI = math.log(2 * math.pi)
 
@@ -98,42 +98,19 @@ class ConvVAE(VariationalAutoencoder):
         self._setup_activations(config)
         self.image_shape = image_shape
         self.parameters_per_pixel = self.output_values = parameters_per_pixel  # loss_input reads output_values
-        channels, height, width = image_shape
-        steps = len(config.hidden_dims)
-        heights, widths = _conv_sizes(height, steps), _conv_sizes(width, steps)
-        chans = [channels, *config.hidden_dims]
-        self.encoder = nn.ModuleList(nn.Conv2d(a, b, kernel_size=3, stride=2, padding=1) for a, b in pairwise(chans))
-        self.bottom_shape = (chans[-1], heights[-1], widths[-1])
+        self.encoder, self.bottom_shape = conv_encoder(config, image_shape)
         bottom = math.prod(self.bottom_shape)
         self.to_mean = nn.Linear(bottom, config.latent_dim)
         self.to_log_variance = nn.Linear(bottom, config.latent_dim)
         self.from_code = nn.Linear(config.latent_dim, bottom)
-        out_chans = [channels * parameters_per_pixel, *config.hidden_dims]
-        self.decoder = nn.ModuleList()
-        for index in range(steps, 0, -1):
-            # Output size of a stride-2 transposed conv is 2 * in - 1 + output_padding.
-            padding = (heights[index - 1] - (2 * heights[index] - 1), widths[index - 1] - (2 * widths[index] - 1))
-            self.decoder.append(
-                nn.ConvTranspose2d(
-                    chans[index], out_chans[index - 1], kernel_size=3, stride=2, padding=1, output_padding=padding
-                )
-            )
+        self.decoder = conv_decoder(config, image_shape, parameters_per_pixel)
 
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = images  # (B, C, H, W)
-        for layer in self.encoder:
-            hidden = self.hidden_activation(layer(hidden))
-        hidden = hidden.flatten(1)
+        hidden = conv_encode(self, images)
         return self.to_mean(hidden), self.to_log_variance(hidden)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        hidden = self.hidden_activation(self.from_code(codes)).view(codes.shape[0], *self.bottom_shape)
-        last = len(self.decoder) - 1
-        for index, layer in enumerate(self.decoder):
-            hidden = layer(hidden)
-            if index < last:
-                hidden = self.hidden_activation(hidden)
-        return hidden  # logits (B, parameters_per_pixel * C, H, W)
+        return conv_decode(self, codes)  # logits (B, parameters_per_pixel * C, H, W)
 
 
 VariationalBuilder = Callable[[ModelConfig, tuple[int, int, int], int], VariationalAutoencoder]

@@ -199,7 +199,14 @@ class AutogradStep:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         state = self.states[0]
-        x = images[0]
+        loss = self.objective(state, images[0])
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        return loss.detach().reshape(1)
+
+    def objective(self, state: RunState, x: torch.Tensor) -> torch.Tensor:
+        """The scalar loss of one batch x (B, C, H, W), with its graph."""
         inputs = state.corrupt(x)  # a denoising run's noisy copy; the targets stay x
         if state.regularization.penalises_code:
             logits, penalty = state.regularization.penalty(state.model, inputs)
@@ -209,10 +216,7 @@ class AutogradStep:
         loss = state.likelihood.nll(output, x, logits=from_logits).mean()
         if penalty is not None:
             loss = loss + penalty
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        return loss.detach().reshape(1)
+        return loss
 
     def sync(self) -> None:
         pass
@@ -221,32 +225,17 @@ class AutogradStep:
         pass
 
 
-class VariationalStep:
+class VariationalStep(AutogradStep):
     """A VAE (`aelab.nn.variational`): the negative ELBO through autograd, one code drawn per
-    image from the run's own noise generator, the KL weighted by train.beta (warmed up over
+    image from the run's own sample generator, the KL weighted by train.beta (warmed up over
     train.kl_warmup_epochs) with train.free_bits per dimension. Returns the objective, nats per
     image."""
 
-    def __init__(self, state: RunState) -> None:
-        self.states = [state]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        state = self.states[0]
+    def objective(self, state: RunState, x: torch.Tensor) -> torch.Tensor:
         train = state.config.train
-        x = images[0]
         terms = elbo_terms(state.model, state.likelihood, x, state.sample_generator)  # type: ignore[arg-type]
         weight = kl_weight(train.beta, train.kl_warmup_epochs, state.epoch + 1)
-        loss = training_objective(terms, weight, train.free_bits)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        return loss.detach().reshape(1)
-
-    def sync(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
+        return training_objective(terms, weight, train.free_bits)
 
 
 class FastStep:
