@@ -217,15 +217,16 @@ def end_epoch(member: Member, row: dict[str, Any], progress: bool, echo: bool = 
     state, run_dir, callbacks = member.state, member.run_dir, member.callbacks
     config = state.config
     row.update(epoch_extras(callbacks, state, row, run_dir))
-    message = (
-        f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
-        f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
-    )
     if "val_elbo" in row:  # a VAE: its objective and terms, nats per image
         message = (
             f"epoch {row['epoch']}/{config.train.epochs}  train objective {row['train_loss']:.2f}  "
             f"val -ELBO {row['val_loss']:.2f} (recon {row['val_recon']:.2f}, KL {row['val_kl']:.2f}, "
             f"{row['val_active_units']} active units)  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
+        )
+    else:
+        message = (
+            f"epoch {row['epoch']}/{config.train.epochs}  train {config.train.loss} {row['train_loss']:.4f}  "
+            f"val {row['val_loss']:.4f}  val mse {row['val_mse']:.4f}  ({row['seconds']:.1f}s)"
         )
     if progress and echo:
         tqdm.write(message)

@@ -22,7 +22,6 @@ from aelab.errors import ConfigError, DataError
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model, check_model_fits_loss
-from aelab.nn.variational import is_variational
 from aelab.regularizers import Regularization
 from aelab.runs import FolderWriter, atomic_write_bytes
 from aelab.train.divergence import DivergenceGuard
@@ -81,10 +80,11 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
 
 
 # Seeds a run derives from train.seed: init (seed), data order (+0), binarisation (+1), binarised
-# validation targets (+2), input noise (+3), the corrupted validation inputs (+4).
+# validation targets (+2), input noise (+3), the corrupted validation inputs (+4), a VAE's
+# reparameterisation draws (+5).
 NOISE_SEED_OFFSET = 3
-SAMPLE_SEED_OFFSET = 5  # a VAE's reparameterisation draws (4 is the noisy validation set's)
 NOISY_VALIDATION_SEED_OFFSET = 4
+SAMPLE_SEED_OFFSET = 5
 
 
 class RunState:
@@ -164,11 +164,8 @@ class RunState:
                 f"images of shape {tuple(self.data.image_shape)} do not fit the {self.config.model.kind} model "
                 f"({str(error).splitlines()[0]}); change the model or the data"
             ) from None
-        if is_variational(self.model):
-            expected = tuple(self.model.decode_shape(1))
-        else:
-            values = getattr(self.model, "output_values", 1)  # one value per pixel, or the likelihood's parameters
-            expected = (sample.shape[0], sample.shape[1] * values, *sample.shape[2:])
+        values = getattr(self.model, "output_values", 1)  # one value per pixel, or the likelihood's decoded ones
+        expected = (sample.shape[0], sample.shape[1] * values, *sample.shape[2:])
         if tuple(logits.shape) != expected:  # pragma: no cover - the models mirror their input
             raise DataError(f"model outputs {tuple(logits.shape)} for inputs {tuple(sample.shape)}")
 
