@@ -42,6 +42,10 @@ def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 class EpochClock(aelab.Logger):
+    # The clock reads no file, so it does not wait for the run's background writes (as aelab's
+    # own loggers do not): a logger that did would time a flush real runs never make.
+    flush_first = False
+
     def __init__(self) -> None:
         self.times: list[float] = []
 
