@@ -202,6 +202,18 @@ def test_two_trains_started_at_once_on_one_folder_one_wins_whole(tmp_path):
     assert finished.finished and finished.config.train.learning_rate == winner and len(finished.history) == 2
 
 
+def test_a_run_refused_before_it_starts_leaves_no_folder_and_keeps_the_users_own(tmp_path, capsys):
+    # train.engine fast cannot train a conv model: refused when the run state is built, after
+    # the folder was claimed. The folder aelab made for it goes; one the user made stays.
+    refused = [*TINY_FLAGS, "--model", "conv", "--engine", "fast"]
+    assert main(["train", *refused, "--out", str(tmp_path / "new" / "run")]) != 0
+    assert "train.engine fast cannot train this model" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(["train", *refused, "--out", str(tmp_path / "mine")]) != 0
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
+
+
 # --- the lock file
 
 

@@ -136,18 +136,29 @@ def claim_run_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
     `overwrite`) clear it, and hold the lock until the block ends. The lock comes before
     anything is deleted or written, so a second process is refused while the first trains and
     never replaces its files; the folder's contents are checked before the lock file is made,
-    so a folder that is not aelab's is refused without a trace."""
+    so a folder that is not aelab's is refused without a trace. A folder this call created is
+    removed again when the block raises before anything was written into it."""
     run_dir = Path(path)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(template="{folder} exists and is not a folder; choose another {out}", folder=run_dir)
     if run_dir.is_dir():
         check_replaceable(run_dir)
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # leaf first
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise _unwritable(run_dir, error) from None
-    with run_lock(run_dir):
-        yield prepare_run_dir(run_dir, overwrite=overwrite)
+    try:
+        with run_lock(run_dir):
+            yield prepare_run_dir(run_dir, overwrite=overwrite)
+    except BaseException:
+        # A run refused before it wrote anything leaves none of the folders it made behind.
+        for folder in created:
+            try:
+                folder.rmdir()  # only ever removes an empty folder
+            except OSError:
+                break
+        raise
 
 
 # --- crash safety: free space, stale temporaries, one writer at a time
