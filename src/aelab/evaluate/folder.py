@@ -26,7 +26,7 @@ from aelab.data import IN_MEMORY, ImageData, data_for_run, load_dataset, prepare
 from aelab.data.datasets import ImagesLike
 from aelab.errors import AelabError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed, probe_accuracy
-from aelab.evaluate.regularized import denoising_metrics, reconstruct_noisy
+from aelab.evaluate.regularized import NOISY_VALIDATION_SEED_OFFSET, denoising_metrics, reconstruct_noisy
 from aelab.evaluate.validation import Validation, evaluate, model_forward, reconstruct
 from aelab.evaluate.variational import CHEAP_VARIATIONAL_METRICS, FULL_VARIATIONAL_METRICS, bpd_problem
 from aelab.findings import Finding, read_findings
@@ -273,7 +273,7 @@ def _denoising(
     noise = parse_noise(config.train.noise) if config is not None else None
     if noise is None or evaluation.sample_targets is None:
         return
-    seed = config.train.seed + 4  # as training scored it (aelab.train.state.NOISY_VALIDATION_SEED_OFFSET)
+    seed = config.train.seed + NOISY_VALIDATION_SEED_OFFSET  # as training scored it
     if saved is None or "val_noisy_mse" not in saved:
         measured = denoising_metrics(model, likelihood, validation, noise, seed)
         evaluation.metrics.update({key.removeprefix("val_"): value for key, value in measured.items()})

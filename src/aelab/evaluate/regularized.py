@@ -18,6 +18,10 @@ from aelab.evaluate.validation import Validation, model_forward, reconstruct
 from aelab.likelihoods import LIKELIHOODS, Likelihood
 from aelab.regularizers import NoiseSpec
 
+# The corrupted validation inputs are drawn with train.seed + this (one of a run's seed offsets,
+# listed in `aelab.train.state`): training and a later evaluation of the folder corrupt alike.
+NOISY_VALIDATION_SEED_OFFSET = 4
+
 CODE_NEAR_ZERO = 1e-2  # |activation| at or below this counts as a silent code unit
 
 

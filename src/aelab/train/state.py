@@ -19,6 +19,7 @@ import torch
 from aelab.config import RunConfig, TrainConfig
 from aelab.data import ImageData, check_data_config, prepare_batch
 from aelab.errors import ConfigError, DataError
+from aelab.evaluate.regularized import NOISY_VALIDATION_SEED_OFFSET
 from aelab.evaluate.validation import Validation, evaluate
 from aelab.likelihoods import get_likelihood
 from aelab.nn.models import build_model, check_model_fits_loss
@@ -80,10 +81,9 @@ def check_config(config: RunConfig, *, data_keys: bool = True) -> None:
 
 
 # Seeds a run derives from train.seed: init (seed), data order (+0), binarisation (+1), binarised
-# validation targets (+2), input noise (+3), the corrupted validation inputs (+4), a VAE's
-# reparameterisation draws (+5).
+# validation targets (+2), input noise (+3), the corrupted validation inputs (+4,
+# `aelab.evaluate.regularized.NOISY_VALIDATION_SEED_OFFSET`), a VAE's reparameterisation draws (+5).
 NOISE_SEED_OFFSET = 3
-NOISY_VALIDATION_SEED_OFFSET = 4
 SAMPLE_SEED_OFFSET = 5
 
 
