@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -607,7 +607,7 @@ class Doctor(Callback):
         self._probe = trainer.validation.batch(0, PROBE_IMAGES)
         self._baseline = baseline(self._probe, trainer.config.train.loss)
         self._epoch_baseline = baseline(self._probe[:EPOCH_PROBE_IMAGES], trainer.config.train.loss)
-        self._saved: list[dict[str, Any]] | None = None
+        self._saved: list[Finding] | None = None
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
         setup = config_setup(trainer.config, self._subject, self._probe, trainer.data, self.setting)
@@ -624,10 +624,9 @@ class Doctor(Callback):
 
     def _save(self, run_dir: Path | None) -> None:
         """findings.json, rewritten only when the findings changed."""
-        saved = [finding.to_dict() for finding in self.findings]
-        if run_dir is not None and saved != self._saved:
+        if run_dir is not None and self.findings != self._saved:
             merge_and_save(run_dir, self.findings)
-            self._saved = saved
+            self._saved = list(self.findings)
 
     def _update(self, trainer: RunState, run_dir: Path | None, *, whole: bool = False) -> State:
         """Measure and check the model on the epoch probe, or with `whole` on the whole probe."""
@@ -650,7 +649,7 @@ class Doctor(Callback):
             key = (finding.id, finding.evidence.get("layer"))
             streaks[key] = self._streaks.get(key, trainer.epoch)
         self._streaks = streaks
-        found = [Finding(**{**f.to_dict(), "epoch": streaks[(f.id, f.evidence.get("layer"))]}) for f in found]
+        found = [replace(f, epoch=streaks[(f.id, f.evidence.get("layer"))]) for f in found]
         self.findings = self.setup + found
         self._save(run_dir)
         return state
