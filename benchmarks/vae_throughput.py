@@ -5,15 +5,19 @@ sigmoid output, `F.binary_cross_entropy(..., reduction="sum")` plus the closed-f
 1e-3, batch 128, a `DataLoader` over a `TensorDataset`, shuffled, PyTorch's default init); aelab
 trains the same model (`--vae --hidden 400 --latent 20 --activation relu --init torch_default
 --loss bce --lr 1e-3 --batch-size 128`) with its own epoch (`aelab.train.loop.train_epoch`),
-on the bundled MNIST test images (8,000 training and 2,000 validation images), 2 threads.
+on the bundled MNIST test images (8,000 training and 2,000 validation images), 2 threads:
+once with the step `make_step` picks (train.engine auto: the hand-written `FastVariationalStep`)
+and once through autograd (train.engine autograd: `VariationalStep`).
 
-    python benchmarks/vae_throughput.py              # speed: interleaved epochs, about a minute
+    python benchmarks/vae_throughput.py              # speed: interleaved epochs, a few minutes
+    python benchmarks/vae_throughput.py --repeats 15 # more repeats on a noisy machine
     python benchmarks/vae_throughput.py --reproduce  # 10 epochs of each, validation -ELBO
     python benchmarks/vae_throughput.py --iwae       # seconds for the IWAE estimate, K = 100
     python benchmarks/vae_throughput.py --quick      # a smoke check
 
-Speed: the two loops' epochs are interleaved and each figure is the median over repeats of one
-epoch's images per second, so a busy machine slows both alike.
+Speed: the loops' epochs are interleaved and each figure is the median over repeats of one
+epoch's images per second; the ratios are medians of each repeat's paired ratio, so a busy
+machine slows both sides of a pair alike.
 
 Reproduction: each loop trains 10 epochs from the same seed and is scored on the same 2,000
 validation images as pytorch/examples scores its test set (the negative ELBO per image with one
@@ -180,9 +184,12 @@ def speed(repeats: int) -> None:
     images = float_images(data.train, data.scale)
     count = images.shape[0]
     reference = reference_epoch(Reference(images, float_images(data.val, data.scale)))
-    ours = aelab_epoch(config, data)
-    limit = gemm_limit()
-    variants = {"pytorch/examples": reference, "aelab": ours, "limit: the GEMMs alone": limit}
+    variants = {
+        "pytorch/examples": reference,
+        "aelab": aelab_epoch(config, data),  # the step make_step picks: FastVariationalStep
+        "aelab autograd": aelab_epoch(config.replace(train={"engine": "autograd"}), data),  # VariationalStep
+        "limit: the GEMMs alone": gemm_limit(),
+    }
     timings: dict[str, list[float]] = {name: [] for name in variants}
     for run in variants.values():  # warm-up
         run()
@@ -190,13 +197,20 @@ def speed(repeats: int) -> None:
         for name, run in variants.items():
             timings[name].append(run())
     rates = {name: count / statistics.median(values) for name, values in timings.items()}
-    # the ratio of each repeat's pair, then their median: a VM whose speed changes between
-    # repeats slows both sides of a pair alike
-    paired = statistics.median(r / a for r, a in zip(timings["pytorch/examples"], timings["aelab"], strict=True))
+
+    def paired(slow: str, fast: str) -> float:
+        # the ratio of each repeat's pair, then their median: a VM whose speed changes between
+        # repeats slows both sides of a pair alike
+        return statistics.median(s / f for s, f in zip(timings[slow], timings[fast], strict=True))
+
     print(f"training epochs of {count} images, batch 128, {THREADS} threads, median of {repeats}:")
     for name, rate in rates.items():
         print(f"  {name:24s} {rate:10.0f} images/s  ({rate / rates['pytorch/examples']:.2f}x pytorch/examples)")
-    print(f"  aelab / pytorch/examples, median of the paired ratios: {paired:.2f}x (goal: 2x)")
+    print("medians of the paired ratios:")
+    print(f"  aelab / pytorch/examples:          {paired('pytorch/examples', 'aelab'):.2f}x (goal: 2x)")
+    print(f"  aelab autograd / pytorch/examples: {paired('pytorch/examples', 'aelab autograd'):.2f}x")
+    print(f"  aelab / aelab autograd:            {paired('aelab autograd', 'aelab'):.2f}x")
+    print(f"  the GEMMs alone / aelab's epoch:   {paired('limit: the GEMMs alone', 'aelab'):.0%} of its time")
 
 
 def reproduce(epochs: int) -> None:
@@ -248,6 +262,7 @@ def main() -> None:
     parser.add_argument("--reproduce", action="store_true", help="10 epochs of each, validation -ELBO")
     parser.add_argument("--iwae", action="store_true", help="the cost of val_nll's IWAE estimate, K = 100")
     parser.add_argument("--quick", action="store_true", help="a smoke check")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats of each epoch (speed)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     if args.iwae:
@@ -255,7 +270,7 @@ def main() -> None:
     elif args.reproduce:
         reproduce(1 if args.quick else EPOCHS)
     else:
-        speed(2 if args.quick else 7)
+        speed(2 if args.quick else args.repeats)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from aelab.nn.variational import (
     training_objective,
 )
 from aelab.train import RunState
-from aelab.train.steps import VariationalStep, config_step_problem, make_step
+from aelab.train.steps import FastVariationalStep, VariationalStep, config_step_problem, make_step
 
 from .conftest import NO_DOCTOR, TINY
 
@@ -143,13 +143,17 @@ def test_kl_warm_up_and_free_bits():
     assert float(mean.grad[:, 0].abs().max()) == 0.0 and float(mean.grad[:, 1].abs().min()) > 0
 
 
-def test_a_vae_trains_through_its_own_step_and_records_every_term(tmp_path):
-    config = vae_config(train={"beta": 0.5})
-    assert "model.variational" in config_step_problem(config)
+@pytest.mark.parametrize(("engine", "step"), [("auto", FastVariationalStep), ("autograd", VariationalStep)])
+def test_a_vae_trains_through_its_own_step_and_records_every_term(tmp_path, engine, step):
+    # a dense VAE takes the hand-written step unless train.engine says autograd
+    # (tests/test_vae_fast.py checks the two compute the same)
+    config = vae_config(train={"beta": 0.5, "engine": engine})
+    assert (config_step_problem(config) is None) == (engine == "auto")
     state = RunState(config, load_dataset(config.data))
-    assert state.engine == "autograd" and isinstance(make_step([state]), VariationalStep)
-    with pytest.raises(ConfigError, match="engine fast cannot train this model"):
-        RunState(config.replace(train={"engine": "fast"}), load_dataset(config.data))
+    assert type(make_step([state])) is step
+    conv = config.replace(model={"kind": "conv", "hidden_dims": [4]}, train={"engine": "fast"})
+    with pytest.raises(ConfigError, match="engine fast cannot train this model: it handles dense models only"):
+        RunState(conv, load_dataset(config.data))
     result = train(config, tmp_path / "vae", progress=False, **NO_DOCTOR)
     first, last = result.history
     for row in result.history:

@@ -32,6 +32,7 @@ import torch
 from aelab.likelihoods import Head, cb_log_normalizer_and_gradient, get_likelihood
 from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import Autoencoder, DenseAutoencoder
+from aelab.nn.variational import DenseVAE
 from aelab.regularizers import SparsitySpec
 
 # Each activation's gradient and in-place forms are its record's (`aelab.nn.activations.Activation`).
@@ -61,8 +62,9 @@ def _autograd_head(model: Autoencoder, loss: str) -> Head:
 
 
 def fast_step_problem(model: torch.nn.Module) -> str | None:
-    """Why `DenseStep` cannot train `model`, or None when it can."""
-    if not isinstance(model, DenseAutoencoder):
+    """Why the fast steps cannot train `model`, or None when one can: `DenseStep` a dense
+    autoencoder, `aelab.train.fast_variational.DenseVAEStep` a dense VAE."""
+    if not isinstance(model, (DenseAutoencoder, DenseVAE)):
         return "it handles dense models only"
     if model.output_values != 1 or "likelihood_parameters" in model._parameters:
         return f"it has no head for train.loss {model.loss} (more than one parameter per pixel)"
@@ -226,6 +228,8 @@ class DenseStep:
             raise ValueError("DenseStep needs one loss per model and at least one model")
         for model in models:
             problem = fast_step_problem(model)
+            if problem is None and not isinstance(model, DenseAutoencoder):
+                problem = "it is a VAE (DenseVAEStep trains a dense one)"
             if problem is not None:
                 raise ValueError(f"DenseStep cannot train this model: {problem}")
         self.members = len(models)

@@ -3,12 +3,14 @@
 A step trains M >= 1 runs (`RunState`s) on one batch each: `step(images)` takes the batches
 (M, B, C, H, W), or (1, B, C, H, W) when every member sees the same batch, runs forward and
 backward, steps the optimizers and returns the members' mean losses (M,) without
-synchronising with the device. Four steps exist:
+synchronising with the device. Five steps exist:
 
 - `AutogradStep`: one run of any model, through autograd and `optimizer.step()`;
 - `FastStep`: one dense run through the hand-written step (`aelab.train.fast.DenseStep`) and
   the optimizer's fused kernel;
 - `VariationalStep`: one VAE, its negative ELBO through autograd;
+- `FastVariationalStep`: one dense VAE, the same objective through the hand-written step
+  (`aelab.train.fast_variational.DenseVAEStep`) and the optimizer's fused kernel;
 - `StackedStep`: several dense runs of equal layer sizes, their weights stacked (M, out, in)
   so that one batched matmul serves every member.
 
@@ -34,6 +36,7 @@ from aelab.nn.activations import ACTIVATIONS
 from aelab.nn.models import MODELS, DenseAutoencoder
 from aelab.nn.variational import elbo_terms, kl_weight, training_objective
 from aelab.train.fast import DenseStep, dense_parameters, fast_optimizer, fast_step_problem, optimizer_step
+from aelab.train.fast_variational import DenseVAEStep
 from aelab.train.state import RunState
 
 ENGINES = ("auto", "autograd", "fast")
@@ -55,7 +58,7 @@ FAST_STEP: dict[str, str] = {
     "model.output_activation": "honoured",  # the likelihood's fused head, or autograd on the head alone
     "model.init": "input",
     "model.tied": "honoured",
-    "model.variational": "refused",  # a VAE trains through autograd (VariationalStep)
+    "model.variational": "honoured",  # a dense VAE: FastVariationalStep (a conv one: model.kind)
     "train.loss": "checked",  # one parameter per pixel: a fused head, or autograd on the head alone
     "train.optimizer": "honoured",  # a real torch optimizer reads the gradients the step writes
     "train.learning_rate": "honoured",
@@ -71,9 +74,9 @@ FAST_STEP: dict[str, str] = {
     "train.noise": "honoured",  # the inputs corrupted before the forward, the targets clean
     "train.sparsity": "honoured",  # the penalty's gradient added at the code
     "train.contractive": "refused",  # its gradient reaches every encoder weight: autograd
-    "train.beta": "refused",  # the three VAE fields: VAEs train through autograd
-    "train.kl_warmup_epochs": "refused",
-    "train.free_bits": "refused",
+    "train.beta": "honoured",  # the three VAE fields: FastVariationalStep's KL term
+    "train.kl_warmup_epochs": "honoured",
+    "train.free_bits": "honoured",
 }
 
 # How every config field meets stacking (`aelab.train.stacking.group_key`):
@@ -91,7 +94,7 @@ STACKING: dict[str, str] = {
     "model.output_activation": "member",
     "model.init": "member",
     "model.tied": "shared",
-    "model.variational": "alone",  # no stacked VAE step
+    "model.variational": "alone",  # no stacked VAE step: a VAE trains alone
     "train.loss": "member",
     "train.optimizer": "member",
     "train.learning_rate": "member",
@@ -265,6 +268,34 @@ class FastStep:
         pass
 
 
+class FastVariationalStep:
+    """One dense VAE: `DenseVAEStep` fills the model's `.grad` with the gradient of
+    `VariationalStep`'s objective (the same codes, drawn from the run's sample generator), then
+    the optimizer's fused kernel. Returns the objective, nats per image."""
+
+    def __init__(self, state: RunState) -> None:
+        self.states = [state]
+        self.step = DenseVAEStep(state.model, state.config.train.loss)  # type: ignore[arg-type]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        state = self.states[0]
+        for param, grad in self.step.grads:
+            if param.grad is not grad:  # someone set it to None or replaced it
+                param.grad = grad
+        train = state.config.train
+        weight = kl_weight(train.beta, train.kl_warmup_epochs, state.epoch + 1)
+        x = images[0].reshape(images.shape[1], -1)  # (B, D)
+        loss = self.step.gradients(x, state.sample_generator, weight, train.free_bits)
+        optimizer_step(state.optimizer)
+        return loss
+
+    def sync(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
 def _optimizer_key(optimizer: torch.optim.Optimizer) -> str:
     return json.dumps([type(optimizer).__name__, optimizer.defaults], sort_keys=True, default=str)
 
@@ -368,5 +399,5 @@ def make_step(states: list[RunState]) -> Step:
         return StackedStep(states)
     state = states[0]
     if state.config.model.variational:
-        return VariationalStep(state)
+        return FastVariationalStep(state) if state.engine == "fast" else VariationalStep(state)
     return FastStep(state) if state.engine == "fast" else AutogradStep(state)
