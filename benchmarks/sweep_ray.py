@@ -17,7 +17,14 @@ The local Ray is started and stopped by each Ray sweep, as `aelab compare --back
 so its start-up is part of the time. Afterwards every Ray run's metrics are checked against the
 local run's, epoch by epoch.
 
-    python benchmarks/sweep_ray.py            # about 6 minutes on a quiet 2-core machine
+The separate runs are also trained by a third backend written here, `PoolBackend`: two spawned
+Python processes of the standard library's `ProcessPoolExecutor`, each training one run at a
+time, with no cluster to start. It is what any backend using both CPUs could do on this
+machine, cluster start-up aside: its ratio to the local backend is the ceiling that two
+single-thread runs sharing these two cores (their caches and memory) allow, and Ray's ratio
+to it is Ray's own cost.
+
+    python benchmarks/sweep_ray.py            # about 8 minutes on a quiet 2-core machine
     python benchmarks/sweep_ray.py --quick    # 2 epochs on 2,000 images: a smoke check
     python benchmarks/sweep_ray.py --seeds 2  # the separate runs with 2 seeds each: 16 runs
 """
@@ -25,14 +32,55 @@ local run's, epoch by epoch.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from aelab.config import RunConfig
 from aelab.runs import read_metrics
 from aelab.sweep import DEFAULT_BASE, DEFAULT_GRID, LocalBackend, SweepSpec, run_sweep
+from aelab.sweep.backends import train_runs
+from aelab.sweep.plan import SweepPlan
 from aelab.sweep.ray_backend import RayBackend
+
+
+def _train_group(configs: list[dict[str, Any]], outs: list[str]) -> None:
+    train_runs([RunConfig.from_dict(c) for c in configs], [Path(o) for o in outs])
+
+
+class PoolBackend:
+    """Each of the plan's fresh groups trained by `train_runs` in one of `processes` spawned
+    processes (fresh folders only: no resume, no callbacks, no loggers)."""
+
+    def __init__(self, processes: int = 2) -> None:
+        self.processes = processes
+
+    def run(
+        self,
+        plan: SweepPlan,
+        *,
+        progress: bool,
+        say: Callable[[str], None],
+        make_callbacks: Any = None,
+        loggers: Iterable[str] = (),
+    ) -> None:
+        assert not plan.unfinished, "PoolBackend trains fresh sweeps only"
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter, as a Ray worker is
+        with ProcessPoolExecutor(self.processes, mp_context=context) as pool:
+            jobs = [
+                pool.submit(_train_group, [p.config.to_dict() for p in group], [str(plan.run_dir(p)) for p in group])
+                for group in plan.groups
+            ]
+            for job in jobs:
+                job.result()
+
+    def close(self) -> None:
+        pass
 
 
 def spec(epochs: int, images: int | None, engine: str, seeds: int = 1) -> SweepSpec:
@@ -75,13 +123,15 @@ def main() -> None:
     for title, engine in (("default grid (stacked)", "auto"), ("separate runs", "autograd")):
         grid = spec(epochs, images, engine, args.seeds if engine == "autograd" else 1)
         runs = len(grid.points())
-        local_seconds, ray_seconds, backends = [], [], []
+        local_seconds, ray_seconds, pool_seconds, backends = [], [], [], []
         for repeat in range(args.repeats):
             backend = RayBackend(num_cpus=2)
-            pair = [("local", LocalBackend()), ("ray", backend)]
+            pair: list[tuple[str, Any]] = [("local", LocalBackend()), ("ray", backend)]
+            if engine == "autograd":
+                pair.append(("pool", PoolBackend(2)))
             for name, runner in pair if repeat % 2 == 0 else pair[::-1]:
                 seconds = sweep_seconds(grid, root / f"{engine}-{name}-{repeat}", runner)
-                (local_seconds if name == "local" else ray_seconds).append(seconds)
+                {"local": local_seconds, "ray": ray_seconds, "pool": pool_seconds}[name].append(seconds)
             backends.append(backend)
         local, on_ray = statistics.median(local_seconds), statistics.median(ray_seconds)
         ratio = statistics.median(a / b for a, b in zip(local_seconds, ray_seconds, strict=True))
@@ -110,6 +160,13 @@ def main() -> None:
             )
         else:
             print(f"  one run alone takes {local / runs:.1f} s locally")
+            pool = statistics.median(pool_seconds)
+            ceiling = statistics.median(a / b for a, b in zip(local_seconds, pool_seconds, strict=True))
+            ray_cost = statistics.median(r / p for r, p in zip(ray_seconds, pool_seconds, strict=True))
+            print(
+                f"  2 spawned local processes (no cluster) {pool:7.1f} s   local / processes {ceiling:.2f}x "
+                f"(what 2 processes give on these 2 cores)   ray / processes {ray_cost:.2f}x"
+            )
         worst = max(
             largest_difference(root / f"{engine}-ray-{r}", root / f"{engine}-local-{r}") for r in range(args.repeats)
         )
