@@ -167,10 +167,12 @@ def main() -> None:
                 f"  2 spawned local processes (no cluster) {pool:7.1f} s   local / processes {ceiling:.2f}x "
                 f"(what 2 processes give on these 2 cores)   ray / processes {ray_cost:.2f}x"
             )
-        worst = max(
-            largest_difference(root / f"{engine}-ray-{r}", root / f"{engine}-local-{r}") for r in range(args.repeats)
-        )
-        print(f"  largest relative difference of a per-epoch validation loss, ray against local: {worst:.1e}")
+        for other in ("ray", "pool") if engine == "autograd" else ("ray",):  # the same work, run for run
+            worst = max(
+                largest_difference(root / f"{engine}-{other}-{r}", root / f"{engine}-local-{r}")
+                for r in range(args.repeats)
+            )
+            print(f"  largest relative difference of a per-epoch validation loss, {other} against local: {worst:.1e}")
 
 
 if __name__ == "__main__":
