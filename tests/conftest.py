@@ -2,6 +2,7 @@ import os
 import time
 
 import pytest
+import torch
 
 from aelab.config import RunConfig
 
@@ -19,6 +20,16 @@ TINY_FLAGS = [
     "--train-limit", "256", "--val-limit", "64", "--hidden", "16", "--latent", "4",
     "--epochs", "2", "--batch-size", "64", "--lr", "0.01", "--threads", "1", "--quiet",
 ]  # fmt: skip
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, then as it was (for tests that build trainers directly,
+    which do not apply train.threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -25,14 +25,9 @@ from .conftest import TINY
 HIDDEN = [a for a in ACTIVATIONS if a not in OUTPUT_ONLY]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Trainers built directly do not apply train.threads; on a busy 2-core machine two threads
-    # are many times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Trainers built directly do not apply train.threads; on a busy 2-core machine two threads are
+# many times slower (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(model: dict | None = None, **train_values) -> RunConfig:

@@ -41,12 +41,9 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Trainers built directly do not apply train.threads; on a busy 2-core machine two threads are
+# many times slower (the fixture is in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_of(model: dict, train_values: dict, **extra: dict) -> RunConfig:

@@ -74,6 +74,17 @@ class _Layer:
         return [(self.linear.weight, self.weight_grad), (self.linear.bias, self.bias_grad)]
 
 
+def _forward(layers: list[_Layer], inputs: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, ...]]]:
+    """Run `layers` in order: (the last output, each layer's (input, pre-activation, output))."""
+    saved = []
+    hidden = inputs
+    for layer in layers:
+        z, a = layer.forward(hidden)
+        saved.append((hidden, z, a))
+        hidden = a
+    return hidden, saved
+
+
 class DenseVAEStep:
     """Forward and backward of `VariationalStep`'s objective for one `DenseVAE`.
 
@@ -113,21 +124,11 @@ class DenseVAEStep:
         term's (`kl_weight`). Returns the objective (1,), nats per image."""
         batch, pixels = x.shape
         # Forward. The mean and log-variance are the model's own two layers.
-        encoder_saved = []
-        hidden = x
-        for layer in self.encoder:
-            z, a = layer.forward(hidden)
-            encoder_saved.append((hidden, z, a))
-            hidden = a
+        hidden, encoder_saved = _forward(self.encoder, x)
         mean, _ = self.to_mean.forward(hidden)
         log_variance, _ = self.to_log_variance.forward(hidden)
         codes, noise = sample_codes(mean, log_variance, generator)  # as `elbo_terms` draws them
-        decoder_saved = []
-        hidden = codes
-        for layer in self.decoder:
-            z, a = layer.forward(hidden)
-            decoder_saved.append((hidden, z, a))
-            hidden = a
+        hidden, decoder_saved = _forward(self.decoder, codes)
         logits = hidden.view(1, batch, pixels)
         # The head gives the mean over images and pixels of the NLL and overwrites the logits with
         # its gradient; recon is summed over pixels: `pixels` times both.
