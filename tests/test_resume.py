@@ -87,7 +87,7 @@ def assert_same_run(left, right):
         ({"model": {"hidden_dims": [8], "tied": True}, "train": {"weight_decay": 0.01}}, 0),
         ({"train": {"loss": "gaussian"}}, 2),  # a learned shared sigma and its Adam moments
         ({"model": {"kind": "conv", "hidden_dims": [2, 4], "latent_dim": 3}, "train": {"loss": "beta"}}, 1),
-        # a VAE: its reparameterisation draws come from the run's noise generator (issue 12)
+        # a VAE: its reparameterisation draws come from the run's sample generator (issue 12)
         ({"model": {"variational": True}, "train": {"beta": 0.5, "kl_warmup_epochs": 3, "free_bits": 0.05}}, 2),
         ({"model": {"kind": "conv", "hidden_dims": [2], "variational": True}, "train": {"loss": "mse"}}, 1),
     ],
