@@ -123,16 +123,16 @@ def main() -> None:
     for title, engine in (("default grid (stacked)", "auto"), ("separate runs", "autograd")):
         grid = spec(epochs, images, engine, args.seeds if engine == "autograd" else 1)
         runs = len(grid.points())
-        local_seconds, ray_seconds, pool_seconds, backends = [], [], [], []
+        names = ("local", "ray", "pool") if engine == "autograd" else ("local", "ray")
+        timings: dict[str, list[float]] = {name: [] for name in names}
+        backends = []
         for repeat in range(args.repeats):
             backend = RayBackend(num_cpus=2)
-            pair: list[tuple[str, Any]] = [("local", LocalBackend()), ("ray", backend)]
-            if engine == "autograd":
-                pair.append(("pool", PoolBackend(2)))
-            for name, runner in pair if repeat % 2 == 0 else pair[::-1]:
-                seconds = sweep_seconds(grid, root / f"{engine}-{name}-{repeat}", runner)
-                {"local": local_seconds, "ray": ray_seconds, "pool": pool_seconds}[name].append(seconds)
+            runners = {"local": LocalBackend(), "ray": backend, "pool": PoolBackend(2)}
+            for name in names if repeat % 2 == 0 else names[::-1]:
+                timings[name].append(sweep_seconds(grid, root / f"{engine}-{name}-{repeat}", runners[name]))
             backends.append(backend)
+        local_seconds, ray_seconds = timings["local"], timings["ray"]
         local, on_ray = statistics.median(local_seconds), statistics.median(ray_seconds)
         ratio = statistics.median(a / b for a, b in zip(local_seconds, ray_seconds, strict=True))
         records = [record for backend in backends for record in backend.records.values()]
@@ -160,6 +160,7 @@ def main() -> None:
             )
         else:
             print(f"  one run alone takes {local / runs:.1f} s locally")
+            pool_seconds = timings["pool"]
             pool = statistics.median(pool_seconds)
             ceiling = statistics.median(a / b for a, b in zip(local_seconds, pool_seconds, strict=True))
             ray_cost = statistics.median(r / p for r, p in zip(ray_seconds, pool_seconds, strict=True))
@@ -167,7 +168,7 @@ def main() -> None:
                 f"  2 spawned local processes (no cluster) {pool:7.1f} s   local / processes {ceiling:.2f}x "
                 f"(what 2 processes give on these 2 cores)   ray / processes {ray_cost:.2f}x"
             )
-        for other in ("ray", "pool") if engine == "autograd" else ("ray",):  # the same work, run for run
+        for other in names[1:]:  # the same work, run for run
             worst = max(
                 largest_difference(root / f"{engine}-{other}-{r}", root / f"{engine}-local-{r}")
                 for r in range(args.repeats)
