@@ -95,10 +95,15 @@ def compare_findings(before: list[Finding], after: list[Finding]) -> FindingChan
     )
 
 
-def save_findings(run_dir: str | Path, findings: list[Finding]) -> None:
-    from aelab.runs import atomic_write_text
+def findings_bytes(findings: list[Finding]) -> bytes:
+    """findings.json's contents for `findings`."""
+    return json.dumps([f.to_dict() for f in findings], indent=2).encode("utf-8")
 
-    atomic_write_text(Path(run_dir) / FINDINGS_FILE, json.dumps([f.to_dict() for f in findings], indent=2))
+
+def save_findings(run_dir: str | Path, findings: list[Finding]) -> None:
+    from aelab.runs import atomic_write_bytes
+
+    atomic_write_bytes(Path(run_dir) / FINDINGS_FILE, findings_bytes(findings))
 
 
 def read_findings(run_dir: str | Path) -> list[Finding]:

@@ -18,10 +18,11 @@ from aelab.config import RunConfig
 from aelab.data import ImageData
 from aelab.errors import SetupFindingsError
 from aelab.evaluate.metrics import COLLAPSE_BLOB_SCORE, is_collapsed
-from aelab.findings import Finding, read_findings, save_findings
+from aelab.findings import Finding, findings_bytes, read_findings, save_findings
 from aelab.likelihoods import get_likelihood
 from aelab.nn.variational import is_variational
 from aelab.regularizers import Regularization
+from aelab.runs import FINDINGS_FILE
 from aelab.train import TrainResult
 from aelab.train.state import RunState
 
@@ -539,10 +540,14 @@ def epochs_near_mean_image(losses: list[float], state: State) -> int:
     return count
 
 
+def others_than_doctor(run_dir: Path) -> list[Finding]:
+    """The findings in run_dir's findings.json that are not the doctor's (e.g. divergence)."""
+    return [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
+
+
 def merge_and_save(run_dir: Path, findings: list[Finding]) -> None:
     """Write findings.json: the doctor's findings plus any others already there (e.g. divergence)."""
-    others = [f for f in read_findings(run_dir) if f.id not in DOCTOR_IDS]
-    save_findings(run_dir, others + findings)
+    save_findings(run_dir, others_than_doctor(run_dir) + findings)
 
 
 def run_context(config: RunConfig, setting: Setting = config_setting) -> dict[str, Any]:
@@ -608,12 +613,15 @@ class Doctor(Callback):
         self._baseline = baseline(self._probe, trainer.config.train.loss)
         self._epoch_baseline = baseline(self._probe[:EPOCH_PROBE_IMAGES], trainer.config.train.loss)
         self._saved: list[Finding] | None = None
+        # What else findings.json holds, read once: during training only a divergence adds to
+        # it, and a diverged run's doctor writes no more.
+        self._others = others_than_doctor(run_dir) if run_dir is not None else []
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
         setup = config_setup(trainer.config, self._subject, self._probe, trainer.data, self.setting)
         self.setup = setup_findings(setup)
         self.findings = list(self.setup)
-        self._save(run_dir)
+        self._save(trainer, run_dir, final=True)  # on disk before a strict stop
         errors = [finding for finding in self.setup if finding.severity == "error"]
         if self.strict and errors:
             raise SetupFindingsError(
@@ -622,11 +630,20 @@ class Doctor(Callback):
                 errors,
             )
 
-    def _save(self, run_dir: Path | None) -> None:
-        """findings.json, rewritten only when the findings changed."""
-        if run_dir is not None and self.findings != self._saved:
-            merge_and_save(run_dir, self.findings)
+    def _save(self, trainer: RunState, run_dir: Path | None, *, final: bool = False) -> None:
+        """findings.json, rewritten only when the findings changed: through the run's writer
+        (`RunState.write_file`, on its background thread while training), and at once with
+        `final`, after the run's earlier writes, for the callbacks after this one to read."""
+        if run_dir is None:
+            return
+        if final:
+            trainer.flush_writes()
+            self._others = others_than_doctor(run_dir)
+        if self.findings != self._saved:
+            trainer.write_file(run_dir / FINDINGS_FILE, findings_bytes(self._others + self.findings))
             self._saved = list(self.findings)
+        if final:
+            trainer.flush_writes()
 
     def _update(self, trainer: RunState, run_dir: Path | None, *, whole: bool = False) -> State:
         """Measure and check the model on the epoch probe, or with `whole` on the whole probe."""
@@ -651,7 +668,7 @@ class Doctor(Callback):
         self._streaks = streaks
         found = [replace(f, epoch=streaks[(f.id, f.evidence.get("layer"))]) for f in found]
         self.findings = self.setup + found
-        self._save(run_dir)
+        self._save(trainer, run_dir, final=whole)
         return state
 
     def _posterior(self, trainer: RunState, whole: bool) -> list[Finding]:
