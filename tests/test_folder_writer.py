@@ -71,3 +71,23 @@ def test_a_run_leaves_no_writer_thread_and_its_files_are_whole(tmp_path):
     assert all(t.name != "aelab-folder-writer" for t in threading.enumerate())
     assert read_metrics(tmp_path / "run") == result.history
     assert read_status(tmp_path / "run")["state"] == "finished"
+
+
+def test_the_doctors_findings_are_written_off_the_training_thread_and_end_final(tmp_path, monkeypatch):
+    # findings.json used to be read, merged and fsynced on the training thread every epoch
+    written = []
+    real = aelab.runs.files.os.replace
+
+    def replace(source, target):
+        if str(target).endswith("findings.json"):
+            written.append(threading.current_thread() is threading.main_thread())
+        return real(source, target)
+
+    monkeypatch.setattr(aelab.runs.files.os, "replace", replace)
+    config = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "epochs": 3}})
+    result = train(config, tmp_path / "run", progress=False, report=False)
+    assert written and not any(written)  # every write went through the run's writer thread
+    from aelab.findings import read_findings
+
+    saved = read_findings(tmp_path / "run")
+    assert [f.to_dict() for f in saved] == [f.to_dict() for f in result.extras["findings"]]
