@@ -87,6 +87,27 @@ def test_event_files_hold_every_metric_images_histograms_and_findings(tmp_path, 
     assert "learning_rate: 0.01" in texts["config/text_summary"][0].tensor_proto.string_val[0].decode()
 
 
+def test_the_findings_text_is_written_after_every_other_callback_has_ended(tmp_path):
+    # The doctor checks once more at the end, on the whole probe, and a callback may add its
+    # own finding at the end too; the logger's findings text comes after them, although
+    # loggers come first in the callbacks.
+    from aelab.findings import Finding, save_findings
+
+    class LastWord(Callback):
+        def on_train_end(self, trainer, result):
+            final = Finding(id="final-only", severity="info", title="seen only at the end")
+            save_findings(result.run_dir, [*read_findings(result.run_dir), final])
+
+    out = tmp_path / "run"
+    aelab.train(tiny(), out, progress=False, loggers=["tensorboard"], callbacks=[LastWord()], report=False)
+    saved = read_findings(out)
+    assert "final-only" in {finding.id for finding in saved} and len(saved) > 1  # the doctor's kept too
+    events = read_events(out)
+    text = events.Tensors("findings/text_summary")[-1].tensor_proto.string_val[0].decode()
+    for finding in saved:
+        assert finding.title in text
+
+
 def test_the_logger_leaves_training_exactly_as_it_was(tmp_path):
     config = tiny(train={"epochs": 3, "batch_size": 16})
     plain = aelab.train(config, tmp_path / "plain", progress=False)

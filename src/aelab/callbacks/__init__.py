@@ -58,7 +58,9 @@ class Callback:
         return None
 
     def on_train_end(self, trainer: RunState, result: TrainResult) -> None:
-        """After the run finished (the best weights restored, the model saved)."""
+        """After the run finished (the best weights restored, the model saved). Called in the
+        order of the list, the loggers' after every other callback's, so that a logger records
+        the end as the others left it (the doctor's final findings, say)."""
 
 
 class Logger(Callback):

@@ -265,7 +265,10 @@ def finish_run(member: Member) -> TrainResult:
     state.model.eval()
     result = TrainResult(state.model, state.history, run_dir, state.best_epoch, stopped_early)
     member.result = result
-    for callback in member.callbacks:
+    # The loggers end last, so that what they record of the end (the findings, say) is what
+    # the other callbacks (the doctor's final check among them) left.
+    ending = [c for c in member.callbacks if not isinstance(c, Logger)]
+    for callback in [*ending, *(c for c in member.callbacks if isinstance(c, Logger))]:
         callback.on_train_end(state, result)
     return result
 
