@@ -613,9 +613,7 @@ class Doctor(Callback):
         self._baseline = baseline(self._probe, trainer.config.train.loss)
         self._epoch_baseline = baseline(self._probe[:EPOCH_PROBE_IMAGES], trainer.config.train.loss)
         self._saved: list[Finding] | None = None
-        # What else findings.json holds, read once: during training only a divergence adds to
-        # it, and a diverged run's doctor writes no more.
-        self._others = others_than_doctor(run_dir) if run_dir is not None else []
+        self._others: list[Finding] = []  # what else findings.json holds (`_save`)
         self._layers = trace_layers(self._subject, self._probe)
         self._initial = weight_norms(trainer.model)
         setup = config_setup(trainer.config, self._subject, self._probe, trainer.data, self.setting)
@@ -636,7 +634,8 @@ class Doctor(Callback):
         `final`, after the run's earlier writes, for the callbacks after this one to read."""
         if run_dir is None:
             return
-        if final:
+        if final:  # the others are read here only: during training only a divergence adds
+            # one, and a diverged run's doctor writes no more
             trainer.flush_writes()
             self._others = others_than_doctor(run_dir)
         if self.findings != self._saved:

@@ -267,8 +267,8 @@ def finish_run(member: Member) -> TrainResult:
     member.result = result
     # The loggers end last, so that what they record of the end (the findings, say) is what
     # the other callbacks (the doctor's final check among them) left.
-    ending = [c for c in member.callbacks if not isinstance(c, Logger)]
-    for callback in [*ending, *(c for c in member.callbacks if isinstance(c, Logger))]:
+    loggers = [callback for callback in member.callbacks if isinstance(callback, Logger)]
+    for callback in [*(c for c in member.callbacks if not isinstance(c, Logger)), *loggers]:
         callback.on_train_end(state, result)
     return result
 
