@@ -7,6 +7,7 @@ import pytest
 import aelab.runs.files
 from aelab import RunConfig
 from aelab.errors import RunFolderError
+from aelab.findings import read_findings
 from aelab.runs import FolderWriter, read_metrics, read_status
 from aelab.train import train
 
@@ -87,7 +88,5 @@ def test_the_doctors_findings_are_written_off_the_training_thread_and_end_final(
     config = RunConfig.from_dict({**TINY, "train": {**TINY["train"], "epochs": 3}})
     result = train(config, tmp_path / "run", progress=False, report=False)
     assert written and not any(written)  # every write went through the run's writer thread
-    from aelab.findings import read_findings
-
     saved = read_findings(tmp_path / "run")
     assert [f.to_dict() for f in saved] == [f.to_dict() for f in result.extras["findings"]]
